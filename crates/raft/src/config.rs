@@ -50,6 +50,9 @@ pub struct Faults {
     /// Commit an entry as soon as a quorum holds it, even if it is from an earlier term —
     /// the mistake Raft's Figure 8 warns about.
     pub commit_earlier_term_by_count: bool,
+    /// Grant votes without checking that the candidate's log is at least as up to date
+    /// (dropping the election restriction of Raft §5.4.1).
+    pub vote_without_log_check: bool,
 }
 
 impl Config {

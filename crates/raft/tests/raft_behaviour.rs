@@ -390,6 +390,7 @@ fn figure8_fault_switch_commits_by_counting_replicas() {
     }
     let net = figure8_net(Faults {
         commit_earlier_term_by_count: true,
+        ..Faults::default()
     });
     assert_eq!(net.status(1).commit, 2);
 }
