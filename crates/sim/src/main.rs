@@ -27,7 +27,7 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Simulated milliseconds of the faulty phase of each run.
-    #[arg(long, default_value_t = 6_000)]
+    #[arg(long, default_value_t = 20_000)]
     steps: u64,
     /// Initial voters.
     #[arg(long, default_value_t = 5)]

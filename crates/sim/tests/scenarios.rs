@@ -581,3 +581,30 @@ fn election_restriction_bug_is_caught_by_random_seeds() {
         "dropping the election restriction went unnoticed in 20 seeds"
     );
 }
+
+// ----- regressions: seeds that once failed, kept by name ----------------------------------
+
+fn assert_seed_passes(seed: u64, steps_ms: u64) {
+    let r = run_seed(&RunOptions {
+        steps_ms,
+        ..RunOptions::new(seed)
+    });
+    assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
+}
+
+/// A learner hundreds of entries behind, with one-entry appends, needed more than the
+/// commit bound to apply the post-heal write: the check now gives catch-up its own bound.
+#[test]
+fn regression_seed_559_learner_catch_up_with_one_entry_appends() {
+    assert_seed_passes(559, 20_000);
+}
+
+#[test]
+fn regression_seed_839_learner_catch_up_after_membership_churn() {
+    assert_seed_passes(839, 20_000);
+}
+
+#[test]
+fn regression_seed_5_eight_members_catch_up_after_heal() {
+    assert_seed_passes(5, 20_000);
+}
