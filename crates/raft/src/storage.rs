@@ -142,12 +142,27 @@ impl MemStorage {
     /// Records a snapshot the host produced at `index` (already applied) and drops the log
     /// prefix up to it.
     pub fn create_snapshot(&mut self, index: Index, conf_state: ConfState, data: bytes::Bytes) {
-        assert!(index > self.snapshot.meta.index, "snapshot at {index} is not newer");
-        assert!(index <= self.last_index_inner(), "snapshot at {index} is beyond the log");
-        let term = self.term_inner(index).expect("index checked to be in the log");
+        assert!(
+            index > self.snapshot.meta.index,
+            "snapshot at {index} is not newer"
+        );
+        assert!(
+            index <= self.last_index_inner(),
+            "snapshot at {index} is beyond the log"
+        );
+        let term = self
+            .term_inner(index)
+            .expect("index checked to be in the log");
         let drop = (index - self.snapshot.meta.index) as usize;
         self.entries.drain(..drop);
-        self.snapshot = Snapshot { meta: crate::SnapshotMeta { index, term, conf_state }, data };
+        self.snapshot = Snapshot {
+            meta: crate::SnapshotMeta {
+                index,
+                term,
+                conf_state,
+            },
+            data,
+        };
     }
 
     fn last_index_inner(&self) -> Index {
@@ -157,7 +172,10 @@ impl MemStorage {
     fn term_inner(&self, index: Index) -> Result<Term, StorageError> {
         let snap = &self.snapshot.meta;
         if index < snap.index {
-            return Err(StorageError::Compacted { index, first_index: snap.index + 1 });
+            return Err(StorageError::Compacted {
+                index,
+                first_index: snap.index + 1,
+            });
         }
         if index == snap.index {
             return Ok(snap.term);
@@ -178,11 +196,17 @@ impl Storage for MemStorage {
     fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         let snap_index = self.snapshot.meta.index;
         if lo <= snap_index {
-            return Err(StorageError::Compacted { index: lo, first_index: snap_index + 1 });
+            return Err(StorageError::Compacted {
+                index: lo,
+                first_index: snap_index + 1,
+            });
         }
         let last_index = self.last_index_inner();
         if hi > last_index + 1 {
-            return Err(StorageError::Unavailable { index: hi - 1, last_index });
+            return Err(StorageError::Unavailable {
+                index: hi - 1,
+                last_index,
+            });
         }
         let from = (lo - snap_index - 1) as usize;
         let to = (hi - snap_index - 1) as usize;
@@ -214,7 +238,12 @@ mod tests {
     use crate::types::EntryKind;
 
     fn ent(index: Index, term: Term) -> Entry {
-        Entry { index, term, kind: EntryKind::Normal, data: bytes::Bytes::new() }
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: bytes::Bytes::new(),
+        }
     }
 
     #[test]
@@ -235,7 +264,10 @@ mod tests {
         assert_eq!(s.term(2).unwrap(), 1);
         assert!(matches!(s.term(1), Err(StorageError::Compacted { .. })));
         assert!(matches!(s.term(4), Err(StorageError::Unavailable { .. })));
-        assert!(matches!(s.entries(2, 4, u64::MAX), Err(StorageError::Compacted { .. })));
+        assert!(matches!(
+            s.entries(2, 4, u64::MAX),
+            Err(StorageError::Compacted { .. })
+        ));
         assert_eq!(s.entries(3, 4, u64::MAX).unwrap(), vec![ent(3, 2)]);
     }
 

@@ -81,7 +81,10 @@ const CONF_STATE_FORMAT_V1: u8 = 1;
 impl ConfState {
     /// A plain (non-joint) configuration of `voters` and no learners.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        ConfState { voters: voters.into_iter().collect(), ..Default::default() }
+        ConfState {
+            voters: voters.into_iter().collect(),
+            ..Default::default()
+        }
     }
 
     /// True while a joint-consensus change is in progress.
@@ -143,7 +146,11 @@ impl ConfState {
             return Err(DecodeError::Invalid("trailing bytes after configuration"));
         }
         let [voters, outgoing, learners] = sets;
-        Ok(ConfState { voters, outgoing, learners })
+        Ok(ConfState {
+            voters,
+            outgoing,
+            learners,
+        })
     }
 }
 
@@ -372,8 +379,14 @@ mod tests {
     #[test]
     fn conf_state_decode_refuses_unknown_version_and_truncation() {
         let mut bytes = ConfState::with_voters([1]).encode().to_vec();
-        assert_eq!(ConfState::decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Truncated));
+        assert_eq!(
+            ConfState::decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
         bytes[0] = 7;
-        assert_eq!(ConfState::decode(&bytes), Err(DecodeError::UnknownVersion(7)));
+        assert_eq!(
+            ConfState::decode(&bytes),
+            Err(DecodeError::UnknownVersion(7))
+        );
     }
 }

@@ -1,0 +1,246 @@
+//! The in-memory view of every group: where each entry lives, the latest hard state, snapshot
+//! and compaction point, and which segments each group still needs.
+//!
+//! [`Index::apply`] is the one place a record changes a group. Recovery replays segments
+//! through it and the writer applies freshly synced records through it, so what a reader sees
+//! after a restart is by construction what it saw before.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use flotilla_raft::{Entry, EntryKind, HardState, Index as LogIndex, SnapshotMeta, Term};
+
+use crate::error::GroupId;
+use crate::record::{Record, RecordBody};
+
+/// Where a record's frame lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    /// Segment sequence number.
+    pub seg: u64,
+    /// Offset of the frame in the segment.
+    pub offset: u64,
+    /// Frame length.
+    pub len: u32,
+}
+
+/// One entry's place in the log.
+#[derive(Clone, Debug)]
+pub(crate) struct EntryMeta {
+    pub term: Term,
+    pub kind: EntryKind,
+    pub data_len: u32,
+    pub loc: Loc,
+    /// The payload, while it is in the read cache.
+    pub data: Option<Bytes>,
+}
+
+impl EntryMeta {
+    pub fn size_bytes(&self) -> u64 {
+        flotilla_raft::ENTRY_OVERHEAD_BYTES + u64::from(self.data_len)
+    }
+}
+
+/// A group's durable state.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GroupState {
+    /// Compaction point: entries up to here are gone; `trunc_term` is the term at it.
+    pub trunc_index: LogIndex,
+    pub trunc_term: Term,
+    /// Segment of the record that set the compaction point.
+    pub trunc_seg: Option<u64>,
+    /// Replay saw entries that do not connect to what came before (their predecessors were in
+    /// segments already collected). Legal only if a later `Compact`/`Reset` re-establishes the
+    /// compaction point; still set at the end of recovery means the log is inconsistent.
+    pub trunc_unknown: bool,
+    /// Entry `trunc_index + 1 + i` is `entries[i]`.
+    pub entries: VecDeque<EntryMeta>,
+    pub hard_state: HardState,
+    pub hard_state_seg: Option<u64>,
+    pub snapshot: SnapshotMeta,
+    pub snapshot_seg: Option<u64>,
+    /// Snapshot file holding `snapshot` (None for the index-0 "initial configuration").
+    pub snapshot_file: Option<std::path::PathBuf>,
+    /// An operation for this group is between validation and apply.
+    pub busy: bool,
+}
+
+impl GroupState {
+    pub fn first_index(&self) -> LogIndex {
+        self.trunc_index + 1
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        self.trunc_index + self.entries.len() as u64
+    }
+
+    /// Term at `index` if it is the compaction point or a held entry.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.trunc_index {
+            return Some(self.trunc_term);
+        }
+        if index < self.trunc_index || index > self.last_index() {
+            return None;
+        }
+        Some(self.entries[(index - self.trunc_index - 1) as usize].term)
+    }
+
+    pub fn entry(&self, index: LogIndex) -> Option<&EntryMeta> {
+        if index <= self.trunc_index {
+            return None;
+        }
+        self.entries.get((index - self.trunc_index - 1) as usize)
+    }
+
+    /// Oldest segment this group still needs, or None if it needs none.
+    pub fn min_segment(&self) -> Option<u64> {
+        [
+            self.trunc_seg,
+            self.hard_state_seg,
+            self.snapshot_seg,
+            self.entries.front().map(|e| e.loc.seg),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// Bounded FIFO read cache of recent entry payloads, across all groups.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    /// (group, index, term) in insertion order; items whose entry is gone are skipped.
+    fifo: VecDeque<(GroupId, LogIndex, Term)>,
+    bytes: u64,
+    max_bytes: u64,
+    max_items: usize,
+}
+
+/// All groups.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    pub groups: BTreeMap<GroupId, GroupState>,
+    pub cache: Cache,
+}
+
+impl Index {
+    pub fn new(cache_max_bytes: u64) -> Index {
+        let max_items = usize::try_from(cache_max_bytes / 128)
+            .unwrap_or(usize::MAX)
+            .max(1024);
+        Index {
+            groups: BTreeMap::new(),
+            cache: Cache {
+                max_bytes: cache_max_bytes,
+                max_items,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Applies one record found at `loc`. With `cache`, entry payloads enter the read cache.
+    pub fn apply(&mut self, rec: &Record, loc: Loc, cache: bool) {
+        let g = self.groups.entry(rec.group).or_default();
+        let mut dropped_bytes = 0u64;
+        let mut drop = |m: EntryMeta| {
+            if let Some(d) = m.data {
+                dropped_bytes += flotilla_raft::ENTRY_OVERHEAD_BYTES + d.len() as u64;
+            }
+        };
+        match &rec.body {
+            RecordBody::Entries(entries) => {
+                let skip = entries
+                    .iter()
+                    .take_while(|e| e.index <= g.trunc_index)
+                    .count();
+                let entries = &entries[skip..];
+                if let Some(first) = entries.first() {
+                    if first.index > g.last_index() + 1 {
+                        // Only during recovery, for a group whose earlier records were collected.
+                        g.entries.drain(..).for_each(&mut drop);
+                        g.trunc_index = first.index - 1;
+                        g.trunc_term = 0;
+                        g.trunc_unknown = true;
+                    }
+                    let keep = (first.index - g.trunc_index - 1) as usize;
+                    g.entries.drain(keep..).for_each(&mut drop);
+                    for e in entries {
+                        g.entries.push_back(EntryMeta {
+                            term: e.term,
+                            kind: e.kind,
+                            data_len: e.data.len() as u32,
+                            loc,
+                            data: cache.then(|| e.data.clone()),
+                        });
+                        if cache {
+                            self.cache.fifo.push_back((rec.group, e.index, e.term));
+                            self.cache.bytes += e.size_bytes();
+                        }
+                    }
+                }
+            }
+            RecordBody::HardState(hs) => {
+                g.hard_state = *hs;
+                g.hard_state_seg = Some(loc.seg);
+            }
+            RecordBody::Compact { index, term } => {
+                if *index > g.trunc_index {
+                    let n = (*index - g.trunc_index).min(g.entries.len() as u64) as usize;
+                    g.entries.drain(..n).for_each(&mut drop);
+                    if *index > g.last_index() {
+                        g.entries.drain(..).for_each(&mut drop);
+                    }
+                    g.trunc_index = *index;
+                    g.trunc_term = *term;
+                    g.trunc_seg = Some(loc.seg);
+                    g.trunc_unknown = false;
+                }
+            }
+            RecordBody::Reset { index, term } => {
+                g.entries.drain(..).for_each(&mut drop);
+                g.trunc_index = *index;
+                g.trunc_term = *term;
+                g.trunc_seg = Some(loc.seg);
+                g.trunc_unknown = false;
+            }
+            RecordBody::SnapshotMeta(meta) => {
+                g.snapshot = meta.clone();
+                g.snapshot_seg = Some(loc.seg);
+            }
+        }
+        self.cache.bytes -= dropped_bytes;
+        self.evict();
+    }
+
+    fn evict(&mut self) {
+        let c = &mut self.cache;
+        while c.bytes > c.max_bytes || c.fifo.len() > c.max_items {
+            let Some((group, index, term)) = c.fifo.pop_front() else {
+                break;
+            };
+            let Some(g) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            if index <= g.trunc_index {
+                continue;
+            }
+            if let Some(m) = g.entries.get_mut((index - g.trunc_index - 1) as usize) {
+                if m.term == term {
+                    if let Some(d) = m.data.take() {
+                        c.bytes -= flotilla_raft::ENTRY_OVERHEAD_BYTES + d.len() as u64;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds an entry from its meta and payload.
+    pub fn make_entry(index: LogIndex, m: &EntryMeta, data: Bytes) -> Entry {
+        Entry {
+            term: m.term,
+            index,
+            kind: m.kind,
+            data,
+        }
+    }
+}
