@@ -11,7 +11,7 @@ use bytes::Bytes;
 use flotilla_raft::{Entry, EntryKind, HardState, Index as LogIndex, SnapshotMeta, Term};
 
 use crate::error::GroupId;
-use crate::record::{Record, RecordBody};
+use crate::record::{Op, Record};
 
 /// Where a record's frame lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,15 +140,22 @@ impl Index {
 
     /// Applies one record found at `loc`. With `cache`, entry payloads enter the read cache.
     pub fn apply(&mut self, rec: &Record, loc: Loc, cache: bool) {
-        let g = self.groups.entry(rec.group).or_default();
+        for op in &rec.ops {
+            self.apply_op(rec.group, op, loc, cache);
+        }
+        self.evict();
+    }
+
+    fn apply_op(&mut self, group: GroupId, op: &Op, loc: Loc, cache: bool) {
+        let g = self.groups.entry(group).or_default();
         let mut dropped_bytes = 0u64;
         let mut drop = |m: EntryMeta| {
             if let Some(d) = m.data {
                 dropped_bytes += flotilla_raft::ENTRY_OVERHEAD_BYTES + d.len() as u64;
             }
         };
-        match &rec.body {
-            RecordBody::Entries(entries) => {
+        match op {
+            Op::Entries(entries) => {
                 let skip = entries
                     .iter()
                     .take_while(|e| e.index <= g.trunc_index)
@@ -173,17 +180,17 @@ impl Index {
                             data: cache.then(|| e.data.clone()),
                         });
                         if cache {
-                            self.cache.fifo.push_back((rec.group, e.index, e.term));
+                            self.cache.fifo.push_back((group, e.index, e.term));
                             self.cache.bytes += e.size_bytes();
                         }
                     }
                 }
             }
-            RecordBody::HardState(hs) => {
+            Op::HardState(hs) => {
                 g.hard_state = *hs;
                 g.hard_state_seg = Some(loc.seg);
             }
-            RecordBody::Compact { index, term } => {
+            Op::Compact { index, term } => {
                 if *index > g.trunc_index {
                     let n = (*index - g.trunc_index).min(g.entries.len() as u64) as usize;
                     g.entries.drain(..n).for_each(&mut drop);
@@ -196,20 +203,19 @@ impl Index {
                     g.trunc_unknown = false;
                 }
             }
-            RecordBody::Reset { index, term } => {
+            Op::Reset { index, term } => {
                 g.entries.drain(..).for_each(&mut drop);
                 g.trunc_index = *index;
                 g.trunc_term = *term;
                 g.trunc_seg = Some(loc.seg);
                 g.trunc_unknown = false;
             }
-            RecordBody::SnapshotMeta(meta) => {
+            Op::SnapshotMeta(meta) => {
                 g.snapshot = meta.clone();
                 g.snapshot_seg = Some(loc.seg);
             }
         }
         self.cache.bytes -= dropped_bytes;
-        self.evict();
     }
 
     fn evict(&mut self) {

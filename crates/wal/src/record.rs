@@ -6,7 +6,8 @@
 //! segment header: magic "FLOTWAL\0" (8) | format version u32 | segment seq u64 | crc32c u32
 //! frame:          crc32c u32 | payload length u32 | payload
 //!                 crc32c covers the length field and the payload
-//! payload:        version u8 | kind u8 | group u64 | body
+//! payload:        version u8 | group u64 | op count u32 | ops
+//! op:             kind u8 | body
 //! ```
 //!
 //! All integers are little endian. The decoder never panics and never allocates more than the
@@ -25,8 +26,10 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"FLOTWAL\0";
 pub const SEGMENT_HEADER_BYTES: u64 = 24;
 /// Size of a frame header (checksum + length).
 pub const FRAME_HEADER_BYTES: u64 = 8;
-/// Smallest valid payload: version, kind, group.
-const MIN_PAYLOAD_BYTES: u32 = 10;
+/// Smallest valid payload: version, group, op count.
+const MIN_PAYLOAD_BYTES: u32 = 13;
+/// Smallest encoded op (kind + the smallest body), bounding how many ops a payload can claim.
+const MIN_OP_BYTES: usize = 17;
 
 const KIND_ENTRIES: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
@@ -34,9 +37,10 @@ const KIND_COMPACT: u8 = 3;
 const KIND_RESET: u8 = 4;
 const KIND_SNAPSHOT_META: u8 = 5;
 
-/// What a record says about its group. Replay applies records in log order; later ones win.
+/// One change to a group. Replay applies records in log order, and a record's ops in order;
+/// later ones win.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RecordBody {
+pub enum Op {
     /// Consecutive entries. Any stored entries at or after the first index are replaced
     /// (Raft's conflict resolution); entries at or below the compaction point are ignored.
     Entries(Vec<Entry>),
@@ -61,13 +65,14 @@ pub enum RecordBody {
     SnapshotMeta(SnapshotMeta),
 }
 
-/// One record: a group and what it says.
+/// One record: changes to one group that take effect together or not at all (the frame's
+/// checksum covers them all), e.g. a `Ready`'s entries and hard state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// The Raft group.
     pub group: GroupId,
-    /// What it says.
-    pub body: RecordBody,
+    /// What changes, in order. Never empty.
+    pub ops: Vec<Op>,
 }
 
 /// Why bytes do not decode as a record.
@@ -106,14 +111,27 @@ pub fn encode_record(rec: &Record, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES as usize]);
     out.push(FORMAT_VERSION);
-    match &rec.body {
-        RecordBody::Entries(entries) => {
+    out.extend_from_slice(&rec.group.to_le_bytes());
+    assert!(!rec.ops.is_empty(), "a record holds at least one op");
+    out.extend_from_slice(&(rec.ops.len() as u32).to_le_bytes());
+    for op in &rec.ops {
+        encode_op(op, out);
+    }
+    let payload_len = u32::try_from(out.len() - start - FRAME_HEADER_BYTES as usize)
+        .expect("records are bounded by max_batch_bytes, far below 4 GiB");
+    out[start + 4..start + 8].copy_from_slice(&payload_len.to_le_bytes());
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_op(op: &Op, out: &mut Vec<u8>) {
+    match op {
+        Op::Entries(entries) => {
             assert!(
                 !entries.is_empty(),
-                "an entries record holds at least one entry"
+                "an entries op holds at least one entry"
             );
             out.push(KIND_ENTRIES);
-            out.extend_from_slice(&rec.group.to_le_bytes());
             out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
             out.extend_from_slice(&entries[0].index.to_le_bytes());
             for (i, e) in entries.iter().enumerate() {
@@ -131,27 +149,23 @@ pub fn encode_record(rec: &Record, out: &mut Vec<u8>) {
                 out.extend_from_slice(&e.data);
             }
         }
-        RecordBody::HardState(hs) => {
+        Op::HardState(hs) => {
             out.push(KIND_HARD_STATE);
-            out.extend_from_slice(&rec.group.to_le_bytes());
             for v in [hs.term, hs.vote, hs.commit] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
-        RecordBody::Compact { index, term } | RecordBody::Reset { index, term } => {
-            let kind = if matches!(rec.body, RecordBody::Compact { .. }) {
+        Op::Compact { index, term } | Op::Reset { index, term } => {
+            out.push(if matches!(op, Op::Compact { .. }) {
                 KIND_COMPACT
             } else {
                 KIND_RESET
-            };
-            out.push(kind);
-            out.extend_from_slice(&rec.group.to_le_bytes());
+            });
             out.extend_from_slice(&index.to_le_bytes());
             out.extend_from_slice(&term.to_le_bytes());
         }
-        RecordBody::SnapshotMeta(meta) => {
+        Op::SnapshotMeta(meta) => {
             out.push(KIND_SNAPSHOT_META);
-            out.extend_from_slice(&rec.group.to_le_bytes());
             out.extend_from_slice(&meta.index.to_le_bytes());
             out.extend_from_slice(&meta.term.to_le_bytes());
             let conf = meta.conf_state.encode();
@@ -159,11 +173,6 @@ pub fn encode_record(rec: &Record, out: &mut Vec<u8>) {
             out.extend_from_slice(&conf);
         }
     }
-    let payload_len = u32::try_from(out.len() - start - FRAME_HEADER_BYTES as usize)
-        .expect("records are bounded by max_batch_bytes, far below 4 GiB");
-    out[start + 4..start + 8].copy_from_slice(&payload_len.to_le_bytes());
-    let crc = crc32c::crc32c(&out[start + 4..]);
-    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Checks the frame at the start of `buf` and returns the payload's range within `buf`.
@@ -244,21 +253,34 @@ fn decode_payload(payload: Bytes) -> Result<Record, DecodeError> {
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let kind = r.u8()?;
     let group = r.u64()?;
-    let body = match kind {
+    let n_ops = r.u32()? as usize;
+    if n_ops == 0 || n_ops > (r.buf.len() - r.pos) / MIN_OP_BYTES {
+        return Err(DecodeError::Malformed("op count out of range"));
+    }
+    let mut ops = Vec::with_capacity(n_ops);
+    for _ in 0..n_ops {
+        ops.push(decode_op(&mut r)?);
+    }
+    if r.pos != r.buf.len() {
+        return Err(DecodeError::Malformed("trailing bytes in record"));
+    }
+    Ok(Record { group, ops })
+}
+
+fn decode_op(r: &mut Reader) -> Result<Op, DecodeError> {
+    Ok(match r.u8()? {
         KIND_ENTRIES => {
             let count = r.u32()?;
             if count == 0 {
-                return Err(DecodeError::Malformed("entries record with no entries"));
+                return Err(DecodeError::Malformed("entries op with no entries"));
             }
             let first = r.u64()?;
             if first == 0 || first.checked_add(u64::from(count)).is_none() {
                 return Err(DecodeError::Malformed("entry index out of range"));
             }
             // Each entry needs at least 13 bytes, so `count` cannot make us over-allocate.
-            let remaining = r.buf.len() - r.pos;
-            if (count as usize) > remaining / 13 {
+            if (count as usize) > (r.buf.len() - r.pos) / 13 {
                 return Err(DecodeError::Malformed("entry count exceeds payload"));
             }
             let mut entries = Vec::with_capacity(count as usize);
@@ -278,18 +300,18 @@ fn decode_payload(payload: Bytes) -> Result<Record, DecodeError> {
                     data,
                 });
             }
-            RecordBody::Entries(entries)
+            Op::Entries(entries)
         }
-        KIND_HARD_STATE => RecordBody::HardState(HardState {
+        KIND_HARD_STATE => Op::HardState(HardState {
             term: r.u64()?,
             vote: r.u64()?,
             commit: r.u64()?,
         }),
-        KIND_COMPACT => RecordBody::Compact {
+        KIND_COMPACT => Op::Compact {
             index: r.u64()?,
             term: r.u64()?,
         },
-        KIND_RESET => RecordBody::Reset {
+        KIND_RESET => Op::Reset {
             index: r.u64()?,
             term: r.u64()?,
         },
@@ -299,18 +321,27 @@ fn decode_payload(payload: Bytes) -> Result<Record, DecodeError> {
             let len = r.u32()? as usize;
             let conf_state = ConfState::decode(r.take(len)?)
                 .map_err(|_| DecodeError::Malformed("bad configuration in snapshot meta"))?;
-            RecordBody::SnapshotMeta(SnapshotMeta {
+            Op::SnapshotMeta(SnapshotMeta {
                 index,
                 term,
                 conf_state,
             })
         }
-        _ => return Err(DecodeError::Malformed("unknown record kind")),
-    };
-    if r.pos != r.buf.len() {
-        return Err(DecodeError::Malformed("trailing bytes in record"));
+        _ => return Err(DecodeError::Malformed("unknown op kind")),
+    })
+}
+
+impl Record {
+    /// The entries this record carries, by index (a later op wins over an earlier one).
+    pub fn entries(&self) -> std::collections::BTreeMap<Index, &Entry> {
+        let mut out = std::collections::BTreeMap::new();
+        for op in &self.ops {
+            if let Op::Entries(es) = op {
+                out.extend(es.iter().map(|e| (e.index, e)));
+            }
+        }
+        out
     }
-    Ok(Record { group, body })
 }
 
 /// Encodes a segment header.
@@ -371,22 +402,24 @@ mod tests {
     #[test]
     fn every_record_kind_round_trips() {
         let recs = [
-            RecordBody::Entries(vec![entry(5, 2, b"a"), entry(6, 3, b"")]),
-            RecordBody::HardState(HardState {
+            vec![Op::Entries(vec![entry(5, 2, b"a"), entry(6, 3, b"")])],
+            vec![Op::HardState(HardState {
                 term: 3,
                 vote: 2,
                 commit: 6,
-            }),
-            RecordBody::Compact { index: 4, term: 2 },
-            RecordBody::Reset { index: 9, term: 4 },
-            RecordBody::SnapshotMeta(SnapshotMeta {
+            })],
+            vec![
+                Op::Compact { index: 4, term: 2 },
+                Op::Reset { index: 9, term: 4 },
+            ],
+            vec![Op::SnapshotMeta(SnapshotMeta {
                 index: 9,
                 term: 4,
                 conf_state: ConfState::with_voters([1, 2, 3]),
-            }),
+            })],
         ];
-        for body in recs {
-            let rec = Record { group: 77, body };
+        for ops in recs {
+            let rec = Record { group: 77, ops };
             let mut buf = Vec::new();
             encode_record(&rec, &mut buf);
             let (back, len) = decode_record(&Bytes::from(buf.clone())).unwrap();
@@ -398,7 +431,14 @@ mod tests {
     fn a_flipped_bit_anywhere_fails_the_checksum_or_framing() {
         let rec = Record {
             group: 1,
-            body: RecordBody::Entries(vec![entry(1, 1, b"hello")]),
+            ops: vec![
+                Op::Entries(vec![entry(1, 1, b"hello")]),
+                Op::HardState(HardState {
+                    term: 1,
+                    vote: 1,
+                    commit: 0,
+                }),
+            ],
         };
         let mut buf = Vec::new();
         encode_record(&rec, &mut buf);
@@ -416,7 +456,7 @@ mod tests {
     fn unknown_record_version_is_reported_as_such() {
         let rec = Record {
             group: 1,
-            body: RecordBody::Compact { index: 1, term: 1 },
+            ops: vec![Op::Compact { index: 1, term: 1 }],
         };
         let mut buf = Vec::new();
         encode_record(&rec, &mut buf);

@@ -131,6 +131,8 @@ struct MemDisk {
     writes_until_failure: Option<u64>,
     /// Successful syncs left before syncs start failing.
     syncs_until_failure: Option<u64>,
+    /// Successful `sync_data` calls so far.
+    syncs: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -165,13 +167,14 @@ impl MemFile {
             &mut disk.writes_until_failure
         };
         match budget {
-            Some(0) => Err(injected(if sync { "sync" } else { "write" })),
-            Some(n) => {
-                *n -= 1;
-                Ok(())
-            }
-            None => Ok(()),
+            Some(0) => return Err(injected(if sync { "sync" } else { "write" })),
+            Some(n) => *n -= 1,
+            None => {}
         }
+        if sync {
+            disk.syncs += 1;
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +234,11 @@ impl MemVfs {
     /// file, as it may on a real disk: it may or may not survive a crash.
     pub fn fail_syncs_after(&self, n: u64) {
         lock(&self.inner).syncs_until_failure = Some(n);
+    }
+
+    /// Successful file syncs so far (group-commit tests count them).
+    pub fn sync_count(&self) -> u64 {
+        lock(&self.inner).syncs
     }
 
     /// Stops injecting faults.

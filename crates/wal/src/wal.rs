@@ -13,8 +13,8 @@ use flotilla_raft::{Entry, HardState, Index as LogIndex, Snapshot, SnapshotMeta,
 use crate::error::{Error, GroupId, Result};
 use crate::index::{Index, Loc};
 use crate::record::{
-    self, decode_record, encode_record, encode_segment_header, DecodeError, HeaderError, Record,
-    RecordBody, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    self, decode_record, encode_record, encode_segment_header, DecodeError, HeaderError, Op,
+    Record, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::snapshot;
 use crate::vfs::{RealVfs, VFile, Vfs};
@@ -286,22 +286,20 @@ impl Wal {
                     .filter(|e| e.index > trunc)
                     .cloned()
                     .collect();
-                let before = records.len();
+                let mut ops = Vec::new();
                 if !entries.is_empty() {
-                    records.push(Record {
-                        group: w.group,
-                        body: RecordBody::Entries(entries),
-                    });
+                    ops.push(Op::Entries(entries));
                 }
                 if let Some(hs) = w.hard_state {
-                    records.push(Record {
-                        group: w.group,
-                        body: RecordBody::HardState(hs),
-                    });
+                    ops.push(Op::HardState(hs));
                 }
-                if records.len() > before {
+                if !ops.is_empty() {
                     st.index.groups.entry(w.group).or_default().busy = true;
                     groups.push(w.group);
+                    records.push(Record {
+                        group: w.group,
+                        ops,
+                    });
                 }
             }
         }
@@ -337,7 +335,7 @@ impl Wal {
             g.busy = true;
             vec![Record {
                 group,
-                body: RecordBody::Compact { index, term },
+                ops: vec![Op::Compact { index, term }],
             }]
         };
         self.submit(vec![group], records)
@@ -404,31 +402,24 @@ impl Wal {
         } else {
             None
         };
-        let mut records = vec![Record {
-            group,
-            body: RecordBody::SnapshotMeta(meta.clone()),
-        }];
+        // One record, so a crash keeps all of these changes or none.
+        let mut ops = vec![Op::SnapshotMeta(meta.clone())];
         if !agrees {
-            let body = RecordBody::Reset {
+            ops.push(Op::Reset {
                 index: meta.index,
                 term: meta.term,
-            };
-            records.push(Record { group, body });
+            });
         } else if compact_log && meta.index > trunc_index {
-            let body = RecordBody::Compact {
+            ops.push(Op::Compact {
                 index: meta.index,
                 term: meta.term,
-            };
-            records.push(Record { group, body });
+            });
         }
         if raise_commit && hard_state.commit < meta.index {
             hard_state.commit = meta.index;
-            records.push(Record {
-                group,
-                body: RecordBody::HardState(hard_state),
-            });
+            ops.push(Op::HardState(hard_state));
         }
-        self.submit(vec![group], records)?;
+        self.submit(vec![group], vec![Record { group, ops }])?;
         // The new snapshot is recorded durably: the previous file is garbage now.
         let old = {
             let mut st = lock(&self.shared.index);
@@ -616,26 +607,7 @@ impl Wal {
     }
 
     fn read_entries_record(&self, file: &Arc<dyn VFile>, loc: Loc) -> Result<Vec<Entry>> {
-        let path = segment_path(&self.shared.dir, loc.seg);
-        let mut buf = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset)
-            .map_err(|e| Error::io("read", &path, e))?;
-        let corrupted = |reason: String| Error::Corrupted {
-            file: path.clone(),
-            offset: loc.offset,
-            reason,
-        };
-        match decode_record(&Bytes::from(buf)) {
-            Ok((
-                Record {
-                    body: RecordBody::Entries(entries),
-                    ..
-                },
-                _,
-            )) => Ok(entries),
-            Ok(_) => Err(corrupted("expected an entries record".into())),
-            Err(e) => Err(corrupted(e.to_string())),
-        }
+        read_entries_at(&self.shared.dir, file, loc)
     }
 
     fn clear_busy(&self, groups: &[GroupId]) {
@@ -712,6 +684,22 @@ impl Drop for Wal {
         if let Some(h) = lock(&self.writer).take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Rereads the record at `loc` (verifying its checksum again) and returns its entries.
+fn read_entries_at(dir: &Path, file: &Arc<dyn VFile>, loc: Loc) -> Result<Vec<Entry>> {
+    let path = segment_path(dir, loc.seg);
+    let mut buf = vec![0u8; loc.len as usize];
+    file.read_exact_at(&mut buf, loc.offset)
+        .map_err(|e| Error::io("read", &path, e))?;
+    match decode_record(&Bytes::from(buf)) {
+        Ok((rec, _)) => Ok(rec.entries().into_values().cloned().collect()),
+        Err(e) => Err(Error::Corrupted {
+            file: path,
+            offset: loc.offset,
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -898,9 +886,9 @@ impl Writer {
         if pinning.is_empty() {
             return Ok(());
         }
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(pinning.len());
         for group in &pinning {
-            records.extend(self.checkpoint_records(*group)?);
+            records.push(self.checkpoint_record(*group)?);
         }
         let mut buf = Vec::new();
         let mut framed = Vec::with_capacity(records.len());
@@ -935,93 +923,48 @@ impl Writer {
         Ok(())
     }
 
-    /// Records that rebuild the group's whole state on replay: `Reset` to its compaction
-    /// point, its entries, its snapshot meta and its hard state, in that order.
-    fn checkpoint_records(&self, group: GroupId) -> Result<Vec<Record>> {
+    /// One record that rebuilds the group's whole state on replay: `Reset` to its compaction
+    /// point, its entries, its snapshot meta and its hard state. One record, so a crash while
+    /// writing it leaves the old state (still in the old segments) or the whole new one.
+    fn checkpoint_record(&self, group: GroupId) -> Result<Record> {
         let (g, files) = {
             let st = lock(&self.shared.index);
-            let g = st.index.groups[&group].clone();
-            (g, st.segments.clone())
+            (st.index.groups[&group].clone(), st.segments.clone())
         };
-        let mut out = vec![Record {
-            group,
-            body: RecordBody::Reset {
-                index: g.trunc_index,
-                term: g.trunc_term,
-            },
+        let mut ops = vec![Op::Reset {
+            index: g.trunc_index,
+            term: g.trunc_term,
         }];
-        let mut chunk: Vec<Entry> = Vec::new();
-        let mut chunk_bytes = 0u64;
+        let mut entries = Vec::with_capacity(g.entries.len());
         let mut last_read: Option<(Loc, Vec<Entry>)> = None;
         for (i, m) in g.entries.iter().enumerate() {
             let index = g.trunc_index + 1 + i as u64;
-            let entry = match &m.data {
-                Some(d) => Index::make_entry(index, m, d.clone()),
-                None => {
-                    if last_read.as_ref().map(|(l, _)| *l) != Some(m.loc) {
-                        let path = segment_path(&self.shared.dir, m.loc.seg);
-                        let f = &files[&m.loc.seg];
-                        let mut buf = vec![0u8; m.loc.len as usize];
-                        f.read_exact_at(&mut buf, m.loc.offset)
-                            .map_err(|e| Error::io("read", &path, e))?;
-                        let entries = match decode_record(&Bytes::from(buf)) {
-                            Ok((
-                                Record {
-                                    body: RecordBody::Entries(es),
-                                    ..
-                                },
-                                _,
-                            )) => es,
-                            other => {
-                                return Err(Error::Corrupted {
-                                    file: path,
-                                    offset: m.loc.offset,
-                                    reason: format!("rereading entries for rewrite: {other:?}"),
-                                })
-                            }
-                        };
-                        last_read = Some((m.loc, entries));
-                    }
-                    let es = &last_read.as_ref().expect("just read").1;
-                    es.iter()
-                        .find(|e| e.index == index)
-                        .cloned()
-                        .ok_or_else(|| Error::Corrupted {
-                            file: segment_path(&self.shared.dir, m.loc.seg),
-                            offset: m.loc.offset,
-                            reason: format!("record does not hold entry {index} of group {group}"),
-                        })?
-                }
-            };
-            chunk_bytes += entry.size_bytes();
-            chunk.push(entry);
-            if chunk_bytes >= 1 << 20 {
-                out.push(Record {
-                    group,
-                    body: RecordBody::Entries(std::mem::take(&mut chunk)),
-                });
-                chunk_bytes = 0;
+            if let Some(d) = &m.data {
+                entries.push(Index::make_entry(index, m, d.clone()));
+                continue;
             }
+            if last_read.as_ref().map(|(l, _)| *l) != Some(m.loc) {
+                let read = read_entries_at(&self.shared.dir, &files[&m.loc.seg], m.loc)?;
+                last_read = Some((m.loc, read));
+            }
+            let read = &last_read.as_ref().expect("just read").1;
+            let e = read.iter().find(|e| e.index == index && e.term == m.term);
+            entries.push(e.cloned().ok_or_else(|| Error::Corrupted {
+                file: segment_path(&self.shared.dir, m.loc.seg),
+                offset: m.loc.offset,
+                reason: format!("record does not hold entry {index} of group {group}"),
+            })?);
         }
-        if !chunk.is_empty() {
-            out.push(Record {
-                group,
-                body: RecordBody::Entries(chunk),
-            });
+        if !entries.is_empty() {
+            ops.push(Op::Entries(entries));
         }
         if g.snapshot_seg.is_some() {
-            out.push(Record {
-                group,
-                body: RecordBody::SnapshotMeta(g.snapshot.clone()),
-            });
+            ops.push(Op::SnapshotMeta(g.snapshot.clone()));
         }
         if g.hard_state_seg.is_some() {
-            out.push(Record {
-                group,
-                body: RecordBody::HardState(g.hard_state),
-            });
+            ops.push(Op::HardState(g.hard_state));
         }
-        Ok(out)
+        Ok(Record { group, ops })
     }
 
     /// Deletes the oldest segments while no group needs them.
