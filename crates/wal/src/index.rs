@@ -42,6 +42,12 @@ impl EntryMeta {
 }
 
 /// A group's durable state.
+///
+/// Entries live in `(base, base + entries.len()]`. While running, `base == trunc_index`.
+/// During recovery `base` may run ahead of `trunc_index`: the indexes in between are *holes*,
+/// entries whose latest record was in a segment already collected. Replay applies records with
+/// "the latest retained record covering an index wins" semantics, so holes are fine while they
+/// last; a hole left at the end of recovery means a needed record is gone (an error).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GroupState {
     /// Compaction point: entries up to here are gone; `trunc_term` is the term at it.
@@ -49,11 +55,8 @@ pub(crate) struct GroupState {
     pub trunc_term: Term,
     /// Segment of the record that set the compaction point.
     pub trunc_seg: Option<u64>,
-    /// Replay saw entries that do not connect to what came before (their predecessors were in
-    /// segments already collected). Legal only if a later `Compact`/`Reset` re-establishes the
-    /// compaction point; still set at the end of recovery means the log is inconsistent.
-    pub trunc_unknown: bool,
-    /// Entry `trunc_index + 1 + i` is `entries[i]`.
+    /// Index before `entries[0]`; `>= trunc_index`.
+    pub base: LogIndex,
     pub entries: VecDeque<EntryMeta>,
     pub hard_state: HardState,
     pub hard_state_seg: Option<u64>,
@@ -71,7 +74,7 @@ impl GroupState {
     }
 
     pub fn last_index(&self) -> LogIndex {
-        self.trunc_index + self.entries.len() as u64
+        self.base + self.entries.len() as u64
     }
 
     /// Term at `index` if it is the compaction point or a held entry.
@@ -79,26 +82,24 @@ impl GroupState {
         if index == self.trunc_index {
             return Some(self.trunc_term);
         }
-        if index < self.trunc_index || index > self.last_index() {
-            return None;
-        }
-        Some(self.entries[(index - self.trunc_index - 1) as usize].term)
+        self.entry(index).map(|m| m.term)
     }
 
     pub fn entry(&self, index: LogIndex) -> Option<&EntryMeta> {
-        if index <= self.trunc_index {
+        if index <= self.base {
             return None;
         }
-        self.entries.get((index - self.trunc_index - 1) as usize)
+        self.entries.get((index - self.base - 1) as usize)
     }
 
     /// Oldest segment this group still needs, or None if it needs none.
     pub fn min_segment(&self) -> Option<u64> {
+        let front = self.entries.front().map(|e| e.loc.seg);
         [
             self.trunc_seg,
             self.hard_state_seg,
             self.snapshot_seg,
-            self.entries.front().map(|e| e.loc.seg),
+            front,
         ]
         .into_iter()
         .flatten()
@@ -162,14 +163,13 @@ impl Index {
                     .count();
                 let entries = &entries[skip..];
                 if let Some(first) = entries.first() {
-                    if first.index > g.last_index() + 1 {
-                        // Only during recovery, for a group whose earlier records were collected.
+                    if first.index > g.last_index() + 1 || first.index <= g.base {
+                        // Recovery only (running appends are validated): the entries before
+                        // `first` come from collected segments. They become holes.
                         g.entries.drain(..).for_each(&mut drop);
-                        g.trunc_index = first.index - 1;
-                        g.trunc_term = 0;
-                        g.trunc_unknown = true;
+                        g.base = first.index - 1;
                     }
-                    let keep = (first.index - g.trunc_index - 1) as usize;
+                    let keep = (first.index - g.base - 1) as usize;
                     g.entries.drain(keep..).for_each(&mut drop);
                     for e in entries {
                         g.entries.push_back(EntryMeta {
@@ -192,15 +192,14 @@ impl Index {
             }
             Op::Compact { index, term } => {
                 if *index > g.trunc_index {
-                    let n = (*index - g.trunc_index).min(g.entries.len() as u64) as usize;
-                    g.entries.drain(..n).for_each(&mut drop);
-                    if *index > g.last_index() {
-                        g.entries.drain(..).for_each(&mut drop);
+                    if *index > g.base {
+                        let n = (*index - g.base).min(g.entries.len() as u64) as usize;
+                        g.entries.drain(..n).for_each(&mut drop);
+                        g.base = *index;
                     }
                     g.trunc_index = *index;
                     g.trunc_term = *term;
                     g.trunc_seg = Some(loc.seg);
-                    g.trunc_unknown = false;
                 }
             }
             Op::Reset { index, term } => {
@@ -208,7 +207,7 @@ impl Index {
                 g.trunc_index = *index;
                 g.trunc_term = *term;
                 g.trunc_seg = Some(loc.seg);
-                g.trunc_unknown = false;
+                g.base = *index;
             }
             Op::SnapshotMeta(meta) => {
                 g.snapshot = meta.clone();
@@ -227,10 +226,10 @@ impl Index {
             let Some(g) = self.groups.get_mut(&group) else {
                 continue;
             };
-            if index <= g.trunc_index {
+            if index <= g.base {
                 continue;
             }
-            if let Some(m) = g.entries.get_mut((index - g.trunc_index - 1) as usize) {
+            if let Some(m) = g.entries.get_mut((index - g.base - 1) as usize) {
                 if m.term == term {
                     if let Some(d) = m.data.take() {
                         c.bytes -= flotilla_raft::ENTRY_OVERHEAD_BYTES + d.len() as u64;

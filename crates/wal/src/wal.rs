@@ -938,7 +938,7 @@ impl Writer {
         let mut entries = Vec::with_capacity(g.entries.len());
         let mut last_read: Option<(Loc, Vec<Entry>)> = None;
         for (i, m) in g.entries.iter().enumerate() {
-            let index = g.trunc_index + 1 + i as u64;
+            let index = g.base + 1 + i as u64;
             if let Some(d) = &m.data {
                 entries.push(Index::make_entry(index, m, d.clone()));
                 continue;
@@ -1127,15 +1127,17 @@ impl Recovery<'_> {
         Ok(())
     }
 
+    /// Every group's log must be complete: a hole means a record it needs is gone.
     fn check_groups(&self) -> Result<()> {
         for (id, g) in &self.index.groups {
-            if g.trunc_unknown {
+            if g.base != g.trunc_index {
                 return Err(Error::Corrupted {
                     file: self.dir.to_path_buf(),
                     offset: 0,
                     reason: format!(
-                        "group {id}: entries from {} on do not connect to any earlier record",
-                        g.trunc_index + 1
+                        "group {id}: entries {}..={} are in no remaining segment",
+                        g.trunc_index + 1,
+                        g.base
                     ),
                 });
             }
