@@ -244,7 +244,9 @@ impl Reader {
     }
 }
 
-fn decode_payload(payload: Bytes) -> Result<Record, DecodeError> {
+/// Decodes a frame's payload without any checksum (the frame layer verified it). Public so
+/// the fuzzer can reach the field decoding that a checksum would otherwise shield.
+pub fn decode_payload(payload: Bytes) -> Result<Record, DecodeError> {
     let mut r = Reader {
         buf: payload,
         pos: 0,
