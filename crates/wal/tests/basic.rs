@@ -337,6 +337,28 @@ fn an_idle_group_pinning_an_old_segment_is_rewritten_forward() {
 }
 
 #[test]
+fn a_failed_fdatasync_poisons_the_log_until_reopened() {
+    let vfs = MemVfs::new();
+    let wal = open(&vfs, WalConfig::default());
+    let w = |i| GroupWrite {
+        group: 1,
+        entries: vec![ent(i, 1, "x")],
+        hard_state: None,
+    };
+    wal.append(&[w(1)]).unwrap();
+    vfs.fail_syncs_after(0);
+    let err = wal.append(&[w(2)]).unwrap_err();
+    assert!(matches!(err, Error::Io { op: "sync", .. }), "{err}");
+    vfs.clear_faults();
+    // Retrying fsync after a failure can falsely succeed: the log refuses instead.
+    assert!(matches!(wal.append(&[w(2)]), Err(Error::Poisoned(_))));
+    assert_eq!(wal.last_index(1), 1, "the failed append is not visible");
+    drop(wal);
+    let wal = open(&vfs, WalConfig::default());
+    wal.append(&[w(wal.last_index(1) + 1)]).unwrap();
+}
+
+#[test]
 fn works_on_the_real_file_system() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -16,10 +16,12 @@ use proptest::prelude::*;
 #[derive(Clone, Debug)]
 enum Step {
     Op(Op),
-    /// Power cut. With `fail_next_sync`, the next operation's first `fdatasync` fails first
-    /// (its data is written but not durable). `keep_permille` of the unsynced bytes survive.
+    /// Power cut. With `fail_sync`, the next operation runs first with a fault armed: after
+    /// that many successful `fdatasync`s, syncs fail (so the failure may hit the operation's
+    /// own commit, its snapshot file, or a rotation or rewrite that follows it).
+    /// `keep_permille` of the unsynced bytes survive the cut.
     Crash {
-        fail_next_sync: bool,
+        fail_sync: Option<u64>,
         keep_permille: u64,
     },
 }
@@ -27,8 +29,8 @@ enum Step {
 fn step_strategy() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => op_strategy().prop_map(Step::Op),
-        1 => (any::<bool>(), 0..=1000u64)
-            .prop_map(|(fail_next_sync, keep_permille)| Step::Crash { fail_next_sync, keep_permille }),
+        1 => (proptest::option::of(0..3u64), 0..=1000u64)
+            .prop_map(|(fail_sync, keep_permille)| Step::Crash { fail_sync, keep_permille }),
     ]
 }
 
@@ -118,12 +120,12 @@ proptest! {
                         c.apply_model(&mut run.models);
                     }
                 }
-                Step::Crash { fail_next_sync, keep_permille } => {
+                Step::Crash { fail_sync, keep_permille } => {
                     let mut pending = None;
-                    if let (true, Some(Step::Op(op))) = (fail_next_sync, steps.get(i + 1)) {
+                    if let (Some(after), Some(Step::Op(op))) = (fail_sync, steps.get(i + 1)) {
                         i += 1;
                         if let Some(c) = op.resolve(&run.models, i as u64) {
-                            run.vfs.fail_syncs_after(0);
+                            run.vfs.fail_syncs_after(*after);
                             match c.apply_wal(&run.wal) {
                                 Ok(()) => c.apply_model(&mut run.models),
                                 Err(_) => pending = Some(c),
