@@ -62,8 +62,6 @@ pub(crate) struct GroupState {
     pub hard_state_seg: Option<u64>,
     pub snapshot: SnapshotMeta,
     pub snapshot_seg: Option<u64>,
-    /// Snapshot file holding `snapshot` (None for the index-0 "initial configuration").
-    pub snapshot_file: Option<std::path::PathBuf>,
     /// An operation for this group is between validation and apply.
     pub busy: bool,
 }

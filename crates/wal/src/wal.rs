@@ -367,7 +367,7 @@ impl Wal {
             index: meta.index,
             reason,
         };
-        let (agrees, trunc_index, mut hard_state) = {
+        let (agrees, trunc_index, mut hard_state, old_meta) = {
             let mut st = lock(&self.shared.index);
             let g = st.index.groups.entry(group).or_default();
             if g.busy {
@@ -389,19 +389,17 @@ impl Wal {
                 g.term_at(meta.index) == Some(meta.term),
                 g.trunc_index,
                 g.hard_state,
+                g.snapshot.clone(),
             )
         };
-        let file = if meta.index > 0 {
-            match snapshot::write(self.shared.vfs.as_ref(), &self.shared.snap_dir, group, snap) {
-                Ok(path) => Some(path),
-                Err(e) => {
-                    self.clear_busy(&[group]);
-                    return Err(e);
-                }
+        if meta.index > 0 {
+            let written =
+                snapshot::write(self.shared.vfs.as_ref(), &self.shared.snap_dir, group, snap);
+            if let Err(e) = written {
+                self.clear_busy(&[group]);
+                return Err(e);
             }
-        } else {
-            None
-        };
+        }
         // One record, so a crash keeps all of these changes or none.
         let mut ops = vec![Op::SnapshotMeta(meta.clone())];
         if !agrees {
@@ -420,13 +418,13 @@ impl Wal {
             ops.push(Op::HardState(hard_state));
         }
         self.submit(vec![group], vec![Record { group, ops }])?;
-        // The new snapshot is recorded durably: the previous file is garbage now.
-        let old = {
-            let mut st = lock(&self.shared.index);
-            let g = st.index.groups.entry(group).or_default();
-            std::mem::replace(&mut g.snapshot_file, file.clone())
-        };
-        if let Some(old) = old.filter(|o| Some(o) != file.as_ref()) {
+        // The new snapshot is recorded durably: the previous file is garbage now. (A reader
+        // that picked up the old meta just before retries: see `load_snapshot`.)
+        if old_meta.index > 0 {
+            let old = self
+                .shared
+                .snap_dir
+                .join(snapshot::file_name(group, &old_meta));
             if let Err(e) = self.shared.vfs.remove(&old) {
                 log::warn!("could not delete old snapshot {}: {e}", old.display());
             }
@@ -436,19 +434,28 @@ impl Wal {
 
     /// The group's latest snapshot, read from its file and verified.
     pub fn load_snapshot(&self, group: GroupId) -> Result<Snapshot> {
-        let (meta, file) = {
-            let st = lock(&self.shared.index);
-            match st.index.groups.get(&group) {
-                Some(g) => (g.snapshot.clone(), g.snapshot_file.clone()),
-                None => (SnapshotMeta::default(), None),
+        let mut meta = self.snapshot_meta(group);
+        let mut attempts_left = 8u32;
+        loop {
+            attempts_left -= 1;
+            if meta.index == 0 {
+                return Ok(Snapshot {
+                    meta,
+                    data: Bytes::new(),
+                });
             }
-        };
-        match file {
-            None => Ok(Snapshot {
-                meta,
-                data: Bytes::new(),
-            }),
-            Some(path) => snapshot::read(self.shared.vfs.as_ref(), &path, group, &meta),
+            let path = self.shared.snap_dir.join(snapshot::file_name(group, &meta));
+            match snapshot::read(self.shared.vfs.as_ref(), &path, group, &meta) {
+                Ok(snap) => return Ok(snap),
+                Err(e) => {
+                    // A newer snapshot may have replaced (and deleted) this one meanwhile.
+                    let now = self.snapshot_meta(group);
+                    if now == meta || attempts_left == 0 {
+                        return Err(e);
+                    }
+                    meta = now;
+                }
+            }
         }
     }
 
@@ -1160,7 +1167,7 @@ impl Recovery<'_> {
                 let _ = self.vfs.remove(&f);
             }
         }
-        for (&id, g) in self.index.groups.iter_mut() {
+        for (&id, g) in &self.index.groups {
             if g.snapshot.index == 0 {
                 continue;
             }
@@ -1171,7 +1178,6 @@ impl Recovery<'_> {
                     reason: "recorded in the log but missing".into(),
                 });
             }
-            g.snapshot_file = Some(path);
         }
         for stale in present {
             log::debug!("deleting unreferenced snapshot {}", stale.display());
