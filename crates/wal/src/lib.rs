@@ -14,8 +14,10 @@
 //! one caller at a time (see [`Wal`]), different groups concurrently.
 //!
 //! # Layout
-//! - [`wal`] — [`Wal`] — submission, the group-commit writer thread, reads, compaction,
-//!   rewrite and GC, snapshots, recovery ([`Wal::open_with`]).
+//! - [`wal`] — [`Wal`]: submission, reads, compaction, snapshots, opening.
+//! - `writer` — the group-commit writer thread: one write + one `fdatasync` per batch,
+//!   rotation, rewrite of groups pinning old segments, segment GC.
+//! - `recovery` — replay, torn-tail truncation, corruption errors, snapshot file checks.
 //! - [`group`] — [`WalGroup`], one group's handle, implementing [`flotilla_raft::Storage`].
 //! - [`record`] — the on-disk frame and record format and its decoder (fuzzed in `fuzz/`).
 //! - [`snapshot`](mod@snapshot) — snapshot file format; written via temp file, sync, rename, dir sync.
@@ -34,11 +36,14 @@ pub mod error;
 pub mod group;
 mod index;
 pub mod record;
+mod recovery;
 pub mod snapshot;
 pub mod vfs;
 pub mod wal;
+mod writer;
 
 pub use error::{Error, GroupId, Result};
 pub use group::WalGroup;
+pub use recovery::{RecoveryReport, TornTail};
 pub use vfs::{MemVfs, RealVfs, VFile, Vfs};
-pub use wal::{GroupWrite, RecoveryReport, TornTail, Wal, WalConfig};
+pub use wal::{GroupWrite, Wal, WalConfig};

@@ -1,11 +1,10 @@
-//! [`Wal`]: the shared log — submission, the group-commit writer, reads, compaction, GC,
-//! rewrite, snapshots and recovery.
+//! [`Wal`]: the shared log's API — submission to the group-commit writer, reads, compaction
+//! and snapshots. The writer thread is in `writer`, recovery in `recovery`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_raft::{Entry, HardState, Index as LogIndex, Snapshot, SnapshotMeta, Term};
@@ -13,11 +12,12 @@ use flotilla_raft::{Entry, HardState, Index as LogIndex, Snapshot, SnapshotMeta,
 use crate::error::{Error, GroupId, Result};
 use crate::index::{Index, Loc};
 use crate::record::{
-    self, decode_record, encode_record, encode_segment_header, DecodeError, HeaderError, Op,
-    Record, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    decode_record, encode_record, encode_segment_header, Op, Record, SEGMENT_HEADER_BYTES,
 };
+use crate::recovery::{Recovery, RecoveryReport};
 use crate::snapshot;
 use crate::vfs::{RealVfs, VFile, Vfs};
+use crate::writer::Writer;
 
 /// Bounds and knobs. Every queue and buffer of the log is bounded by one of these.
 #[derive(Clone, Debug)]
@@ -66,32 +66,6 @@ pub struct GroupWrite {
     pub hard_state: Option<HardState>,
 }
 
-/// What recovery found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Segments replayed.
-    pub segments: u64,
-    /// Records replayed.
-    pub records: u64,
-    /// Groups with any state.
-    pub groups: u64,
-    /// The torn tail that was cut off, if any.
-    pub torn_tail: Option<TornTail>,
-}
-
-/// A partial write at the end of the log, found and truncated by recovery.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TornTail {
-    /// The last segment.
-    pub file: PathBuf,
-    /// Where the valid log ends (the file is truncated here).
-    pub offset: u64,
-    /// Bytes cut off.
-    pub dropped_bytes: u64,
-    /// Why the first dropped frame did not verify.
-    pub reason: String,
-}
-
 /// The shared write-ahead log. Cheap to share behind an `Arc`; all methods take `&self`.
 ///
 /// # To ensure correctness
@@ -108,43 +82,43 @@ pub struct Wal {
 }
 
 #[derive(Debug)]
-struct Shared {
-    dir: PathBuf,
-    snap_dir: PathBuf,
-    vfs: Arc<dyn Vfs>,
-    config: WalConfig,
-    index: Mutex<IndexState>,
-    queue: Mutex<Queue>,
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) snap_dir: PathBuf,
+    pub(crate) vfs: Arc<dyn Vfs>,
+    pub(crate) config: WalConfig,
+    pub(crate) index: Mutex<IndexState>,
+    pub(crate) queue: Mutex<Queue>,
     /// Signals the writer: work arrived or shutdown.
-    work: Condvar,
+    pub(crate) work: Condvar,
     /// Signals submitters: queue space freed.
-    space: Condvar,
+    pub(crate) space: Condvar,
 }
 
 #[derive(Debug)]
-struct IndexState {
-    index: Index,
-    segments: BTreeMap<u64, Arc<dyn VFile>>,
+pub(crate) struct IndexState {
+    pub(crate) index: Index,
+    pub(crate) segments: BTreeMap<u64, Arc<dyn VFile>>,
 }
 
 #[derive(Debug, Default)]
-struct Queue {
-    requests: VecDeque<Request>,
-    bytes: u64,
-    shutdown: bool,
-    poisoned: Option<String>,
+pub(crate) struct Queue {
+    pub(crate) requests: VecDeque<Request>,
+    pub(crate) bytes: u64,
+    pub(crate) shutdown: bool,
+    pub(crate) poisoned: Option<String>,
 }
 
 #[derive(Debug)]
-struct Request {
-    buf: Vec<u8>,
+pub(crate) struct Request {
+    pub(crate) buf: Vec<u8>,
     /// Records with their frame offset and length in `buf`.
-    records: Vec<(Record, u64, u32)>,
-    groups: Vec<GroupId>,
-    done: SyncSender<Result<()>>,
+    pub(crate) records: Vec<(Record, u64, u32)>,
+    pub(crate) groups: Vec<GroupId>,
+    pub(crate) done: SyncSender<Result<()>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its state consistent before anything that can panic, so a
     // poisoned mutex carries no half-applied change; the panic itself is reported by its thread.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -154,7 +128,7 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
 
-fn parse_segment_seq(path: &Path) -> Option<u64> {
+pub(crate) fn parse_segment_seq(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
     name.strip_suffix(".wal")?.parse().ok()
 }
@@ -695,7 +669,7 @@ impl Drop for Wal {
 }
 
 /// Rereads the record at `loc` (verifying its checksum again) and returns its entries.
-fn read_entries_at(dir: &Path, file: &Arc<dyn VFile>, loc: Loc) -> Result<Vec<Entry>> {
+pub(crate) fn read_entries_at(dir: &Path, file: &Arc<dyn VFile>, loc: Loc) -> Result<Vec<Entry>> {
     let path = segment_path(dir, loc.seg);
     let mut buf = vec![0u8; loc.len as usize];
     file.read_exact_at(&mut buf, loc.offset)
@@ -710,7 +684,7 @@ fn read_entries_at(dir: &Path, file: &Arc<dyn VFile>, loc: Loc) -> Result<Vec<En
     }
 }
 
-fn create_segment(vfs: &dyn Vfs, dir: &Path, seq: u64) -> Result<Arc<dyn VFile>> {
+pub(crate) fn create_segment(vfs: &dyn Vfs, dir: &Path, seq: u64) -> Result<Arc<dyn VFile>> {
     let path = segment_path(dir, seq);
     let f = vfs
         .create(&path)
@@ -721,479 +695,4 @@ fn create_segment(vfs: &dyn Vfs, dir: &Path, seq: u64) -> Result<Arc<dyn VFile>>
     vfs.sync_dir(dir)
         .map_err(|e| Error::io("sync dir", dir, e))?;
     Ok(f)
-}
-
-/// The one thread that writes segments.
-struct Writer {
-    shared: Arc<Shared>,
-    active: Arc<dyn VFile>,
-    active_seq: u64,
-    active_len: u64,
-    buf: Vec<u8>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        while let Some(batch) = self.next_batch() {
-            let groups: Vec<GroupId> = batch
-                .iter()
-                .flat_map(|r| r.groups.iter().copied())
-                .collect();
-            match self.commit(&batch) {
-                Ok(()) => {
-                    for r in batch {
-                        let _ = r.done.send(Ok(()));
-                    }
-                    if let Err(e) = self.maintain() {
-                        self.poison(&e);
-                    }
-                }
-                Err(e) => {
-                    self.poison(&e);
-                    let mut st = lock(&self.shared.index);
-                    for g in groups {
-                        if let Some(g) = st.index.groups.get_mut(&g) {
-                            g.busy = false;
-                        }
-                    }
-                    drop(st);
-                    for r in batch {
-                        let _ = r.done.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Marks the log failed and fails everything queued.
-    fn poison(&self, e: &Error) {
-        log::error!("write-ahead log poisoned: {e}");
-        let mut q = lock(&self.shared.queue);
-        q.poisoned = Some(e.to_string());
-        q.bytes = 0;
-        for r in q.requests.drain(..) {
-            let _ = r.done.send(Err(Error::Poisoned(e.to_string())));
-        }
-        self.shared.space.notify_all();
-    }
-
-    /// Waits for work, then takes up to `max_batch_bytes` of it (at least one request).
-    fn next_batch(&self) -> Option<Vec<Request>> {
-        let cfg = &self.shared.config;
-        let mut q = lock(&self.shared.queue);
-        while q.requests.is_empty() {
-            if q.shutdown {
-                return None;
-            }
-            q = self.shared.work.wait(q).unwrap_or_else(|p| p.into_inner());
-        }
-        if cfg.max_wait_us > 0 {
-            let deadline = Instant::now() + Duration::from_micros(cfg.max_wait_us);
-            while q.bytes < cfg.max_batch_bytes && !q.shutdown {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                q = self
-                    .shared
-                    .work
-                    .wait_timeout(q, deadline - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-        }
-        let mut batch = Vec::new();
-        let mut bytes = 0u64;
-        while let Some(r) = q.requests.front() {
-            let len = r.buf.len() as u64;
-            if !batch.is_empty() && bytes + len > cfg.max_batch_bytes {
-                break;
-            }
-            bytes += len;
-            q.bytes -= len;
-            batch.push(q.requests.pop_front().expect("front exists"));
-        }
-        self.shared.space.notify_all();
-        Some(batch)
-    }
-
-    /// Writes the batch with one write and one `fdatasync`, then makes it visible.
-    fn commit(&mut self, batch: &[Request]) -> Result<()> {
-        self.buf.clear();
-        for r in batch {
-            self.buf.extend_from_slice(&r.buf);
-        }
-        let path = segment_path(&self.shared.dir, self.active_seq);
-        self.active
-            .write_all_at(&self.buf, self.active_len)
-            .map_err(|e| Error::io("write", &path, e))?;
-        self.active
-            .sync_data()
-            .map_err(|e| Error::io("sync", &path, e))?;
-        let mut st = lock(&self.shared.index);
-        let mut base = self.active_len;
-        for r in batch {
-            for (rec, off, len) in &r.records {
-                st.index.apply(
-                    rec,
-                    Loc {
-                        seg: self.active_seq,
-                        offset: base + off,
-                        len: *len,
-                    },
-                    true,
-                );
-            }
-            for g in &r.groups {
-                st.index.groups.get_mut(g).expect("busy groups exist").busy = false;
-            }
-            base += r.buf.len() as u64;
-        }
-        self.active_len = base;
-        Ok(())
-    }
-
-    /// Rotation, rewrite of groups pinning old segments, and segment GC.
-    fn maintain(&mut self) -> Result<()> {
-        if self.active_len < self.shared.config.segment_max_bytes {
-            return Ok(());
-        }
-        let seq = self.active_seq + 1;
-        let file = create_segment(self.shared.vfs.as_ref(), &self.shared.dir, seq)?;
-        lock(&self.shared.index).segments.insert(seq, file.clone());
-        self.active = file;
-        self.active_seq = seq;
-        self.active_len = SEGMENT_HEADER_BYTES;
-        self.rewrite_pinning_groups()?;
-        self.collect_segments()
-    }
-
-    /// If the log holds too many segments, rewrites the full state of every group that still
-    /// needs the oldest one into the active segment, so the oldest can be deleted.
-    fn rewrite_pinning_groups(&mut self) -> Result<()> {
-        let (oldest, pinning) = {
-            let st = lock(&self.shared.index);
-            if (st.segments.len() as u64) <= self.shared.config.rewrite_after_segments {
-                return Ok(());
-            }
-            let oldest = *st
-                .segments
-                .keys()
-                .next()
-                .expect("at least the active segment");
-            let pinning: Vec<GroupId> = st
-                .index
-                .groups
-                .iter()
-                .filter(|(_, g)| g.min_segment() == Some(oldest))
-                .map(|(&id, _)| id)
-                .collect();
-            (oldest, pinning)
-        };
-        if pinning.is_empty() {
-            return Ok(());
-        }
-        let mut records = Vec::with_capacity(pinning.len());
-        for group in &pinning {
-            records.push(self.checkpoint_record(*group)?);
-        }
-        let mut buf = Vec::new();
-        let mut framed = Vec::with_capacity(records.len());
-        for rec in records {
-            let start = buf.len() as u64;
-            encode_record(&rec, &mut buf);
-            framed.push((rec, start, (buf.len() as u64 - start) as u32));
-        }
-        let path = segment_path(&self.shared.dir, self.active_seq);
-        self.active
-            .write_all_at(&buf, self.active_len)
-            .map_err(|e| Error::io("write", &path, e))?;
-        self.active
-            .sync_data()
-            .map_err(|e| Error::io("sync", &path, e))?;
-        let mut st = lock(&self.shared.index);
-        for (rec, off, len) in &framed {
-            let loc = Loc {
-                seg: self.active_seq,
-                offset: self.active_len + off,
-                len: *len,
-            };
-            st.index.apply(rec, loc, false);
-        }
-        self.active_len += buf.len() as u64;
-        log::info!(
-            "rewrote {} groups ({} bytes) pinning segment {oldest} into segment {}",
-            pinning.len(),
-            buf.len(),
-            self.active_seq
-        );
-        Ok(())
-    }
-
-    /// One record that rebuilds the group's whole state on replay: `Reset` to its compaction
-    /// point, its entries, its snapshot meta and its hard state. One record, so a crash while
-    /// writing it leaves the old state (still in the old segments) or the whole new one.
-    fn checkpoint_record(&self, group: GroupId) -> Result<Record> {
-        let (g, files) = {
-            let st = lock(&self.shared.index);
-            (st.index.groups[&group].clone(), st.segments.clone())
-        };
-        let mut ops = vec![Op::Reset {
-            index: g.trunc_index,
-            term: g.trunc_term,
-        }];
-        let mut entries = Vec::with_capacity(g.entries.len());
-        let mut last_read: Option<(Loc, Vec<Entry>)> = None;
-        for (i, m) in g.entries.iter().enumerate() {
-            let index = g.base + 1 + i as u64;
-            if let Some(d) = &m.data {
-                entries.push(Index::make_entry(index, m, d.clone()));
-                continue;
-            }
-            if last_read.as_ref().map(|(l, _)| *l) != Some(m.loc) {
-                let read = read_entries_at(&self.shared.dir, &files[&m.loc.seg], m.loc)?;
-                last_read = Some((m.loc, read));
-            }
-            let read = &last_read.as_ref().expect("just read").1;
-            let e = read.iter().find(|e| e.index == index && e.term == m.term);
-            entries.push(e.cloned().ok_or_else(|| Error::Corrupted {
-                file: segment_path(&self.shared.dir, m.loc.seg),
-                offset: m.loc.offset,
-                reason: format!("record does not hold entry {index} of group {group}"),
-            })?);
-        }
-        if !entries.is_empty() {
-            ops.push(Op::Entries(entries));
-        }
-        if g.snapshot_seg.is_some() {
-            ops.push(Op::SnapshotMeta(g.snapshot.clone()));
-        }
-        if g.hard_state_seg.is_some() {
-            ops.push(Op::HardState(g.hard_state));
-        }
-        Ok(Record { group, ops })
-    }
-
-    /// Deletes the oldest segments while no group needs them.
-    fn collect_segments(&mut self) -> Result<()> {
-        let doomed: Vec<u64> = {
-            let mut st = lock(&self.shared.index);
-            let needed = st
-                .index
-                .groups
-                .values()
-                .filter_map(|g| g.min_segment())
-                .min();
-            let keep_from = needed.unwrap_or(self.active_seq).min(self.active_seq);
-            let doomed: Vec<u64> = st.segments.range(..keep_from).map(|(&s, _)| s).collect();
-            for s in &doomed {
-                st.segments.remove(s);
-            }
-            doomed
-        };
-        for seq in doomed {
-            let path = segment_path(&self.shared.dir, seq);
-            self.shared
-                .vfs
-                .remove(&path)
-                .map_err(|e| Error::io("remove", &path, e))?;
-            log::debug!("deleted segment {}", path.display());
-        }
-        Ok(())
-    }
-}
-
-/// Recovery state while opening.
-struct Recovery<'a> {
-    vfs: &'a dyn Vfs,
-    dir: &'a Path,
-    index: Index,
-    segments: BTreeMap<u64, Arc<dyn VFile>>,
-    report: RecoveryReport,
-}
-
-impl Recovery<'_> {
-    fn replay(&mut self) -> Result<()> {
-        let list = self
-            .vfs
-            .list(self.dir)
-            .map_err(|e| Error::io("list", self.dir, e))?;
-        let seqs: Vec<u64> = list.iter().filter_map(|p| parse_segment_seq(p)).collect();
-        for (i, &seq) in seqs.iter().enumerate() {
-            if i > 0 && seq != seqs[i - 1] + 1 {
-                return Err(Error::Corrupted {
-                    file: segment_path(self.dir, seqs[i - 1] + 1),
-                    offset: 0,
-                    reason: format!("segment missing between {} and {seq}", seqs[i - 1]),
-                });
-            }
-            let last = i + 1 == seqs.len();
-            self.replay_segment(seq, last)?;
-        }
-        Ok(())
-    }
-
-    fn replay_segment(&mut self, seq: u64, last: bool) -> Result<()> {
-        let path = segment_path(self.dir, seq);
-        let file = self
-            .vfs
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        let len = file.size().map_err(|e| Error::io("stat", &path, e))?;
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, 0)
-            .map_err(|e| Error::io("read", &path, e))?;
-        let buf = Bytes::from(buf);
-        let corrupted = |offset: u64, reason: String| Error::Corrupted {
-            file: path.clone(),
-            offset,
-            reason,
-        };
-        match record::decode_segment_header(&buf) {
-            Ok(s) if s == seq => {}
-            Ok(s) => {
-                return Err(corrupted(
-                    0,
-                    format!("header says segment {s}, file name says {seq}"),
-                ))
-            }
-            Err(HeaderError::UnknownVersion(version)) => {
-                return Err(Error::UnknownVersion {
-                    file: path,
-                    offset: 8,
-                    version,
-                    supported: u32::from(record::FORMAT_VERSION),
-                })
-            }
-            Err(HeaderError::Truncated) if last => {
-                // Crashed while creating it: nothing was ever written after the header.
-                log::info!("recreating torn segment header in {}", path.display());
-                self.report.torn_tail = Some(TornTail {
-                    file: path.clone(),
-                    offset: 0,
-                    dropped_bytes: len,
-                    reason: "torn segment header".into(),
-                });
-                let f = create_segment(self.vfs, self.dir, seq)?;
-                self.segments.insert(seq, f);
-                self.report.segments += 1;
-                return Ok(());
-            }
-            Err(e) => return Err(corrupted(0, format!("bad segment header: {e:?}"))),
-        }
-        let mut pos = SEGMENT_HEADER_BYTES as usize;
-        while pos < buf.len() {
-            let frame = buf.slice(pos..);
-            match decode_record(&frame) {
-                Ok((rec, n)) => {
-                    let loc = Loc {
-                        seg: seq,
-                        offset: pos as u64,
-                        len: n as u32,
-                    };
-                    self.index.apply(&rec, loc, false);
-                    self.report.records += 1;
-                    pos += n;
-                }
-                Err(DecodeError::UnknownVersion(v)) => {
-                    return Err(Error::UnknownVersion {
-                        file: path,
-                        offset: pos as u64,
-                        version: u32::from(v),
-                        supported: u32::from(record::FORMAT_VERSION),
-                    })
-                }
-                Err(e) if !last => return Err(corrupted(pos as u64, e.to_string())),
-                Err(e) => {
-                    if let Some(valid) = find_valid_frame(&buf, pos + 1) {
-                        return Err(corrupted(
-                            pos as u64,
-                            format!("{e}, but a valid record follows at offset {valid}"),
-                        ));
-                    }
-                    let dropped = (buf.len() - pos) as u64;
-                    log::info!(
-                        "truncating torn tail of {}: {dropped} bytes at offset {pos} ({e})",
-                        path.display()
-                    );
-                    file.set_len(pos as u64)
-                        .map_err(|e| Error::io("truncate", &path, e))?;
-                    file.sync_data().map_err(|e| Error::io("sync", &path, e))?;
-                    self.report.torn_tail = Some(TornTail {
-                        file: path.clone(),
-                        offset: pos as u64,
-                        dropped_bytes: dropped,
-                        reason: e.to_string(),
-                    });
-                    break;
-                }
-            }
-        }
-        self.segments.insert(seq, file);
-        self.report.segments += 1;
-        Ok(())
-    }
-
-    /// Every group's log must be complete: a hole means a record it needs is gone.
-    fn check_groups(&self) -> Result<()> {
-        for (id, g) in &self.index.groups {
-            if g.base != g.trunc_index {
-                return Err(Error::Corrupted {
-                    file: self.dir.to_path_buf(),
-                    offset: 0,
-                    reason: format!(
-                        "group {id}: entries {}..={} are in no remaining segment",
-                        g.trunc_index + 1,
-                        g.base
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Keeps each group's recorded snapshot file (verifying it exists), deletes the rest
-    /// (older snapshots, and newer ones whose log record never became durable).
-    fn collect_snapshots(&mut self, snap_dir: &Path) -> Result<()> {
-        let files = self
-            .vfs
-            .list(snap_dir)
-            .map_err(|e| Error::io("list", snap_dir, e))?;
-        let mut present: BTreeSet<PathBuf> = BTreeSet::new();
-        for f in files {
-            if snapshot::parse_group(&f).is_some() {
-                present.insert(f);
-            } else if f.extension().is_some_and(|x| x == "tmp") {
-                let _ = self.vfs.remove(&f);
-            }
-        }
-        for (&id, g) in &self.index.groups {
-            if g.snapshot.index == 0 {
-                continue;
-            }
-            let path = snap_dir.join(snapshot::file_name(id, &g.snapshot));
-            if !present.remove(&path) {
-                return Err(Error::BadSnapshot {
-                    file: path,
-                    reason: "recorded in the log but missing".into(),
-                });
-            }
-        }
-        for stale in present {
-            log::debug!("deleting unreferenced snapshot {}", stale.display());
-            self.vfs
-                .remove(&stale)
-                .map_err(|e| Error::io("remove", &stale, e))?;
-        }
-        Ok(())
-    }
-}
-
-/// Offset of the first position at or after `from` where a frame verifies, if any. Used to
-/// tell a torn tail (nothing valid after the damage) from corruption in the middle.
-fn find_valid_frame(buf: &Bytes, from: usize) -> Option<usize> {
-    let hdr = FRAME_HEADER_BYTES as usize;
-    (from..buf.len().saturating_sub(hdr)).find(|&p| {
-        buf.get(p + hdr) == Some(&record::FORMAT_VERSION) && record::check_frame(&buf[p..]).is_ok()
-    })
 }
