@@ -21,8 +21,29 @@ pub(crate) struct Writer {
     pub(crate) buf: Vec<u8>,
 }
 
+/// Poisons the log if the writer thread dies by panicking, so submitters get an error instead
+/// of waiting forever for a sync that will never come.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut q = lock(&self.0.queue);
+            q.poisoned = Some("the writer thread panicked".into());
+            for r in q.requests.drain(..) {
+                let _ = r
+                    .done
+                    .send(Err(Error::Poisoned("the writer thread panicked".into())));
+            }
+            q.bytes = 0;
+            self.0.space.notify_all();
+        }
+    }
+}
+
 impl Writer {
     pub(crate) fn run(mut self) {
+        let _guard = PanicGuard(self.shared.clone());
         while let Some(batch) = self.next_batch() {
             let groups: Vec<GroupId> = batch
                 .iter()
