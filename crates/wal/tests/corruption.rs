@@ -207,3 +207,44 @@ fn a_damaged_or_missing_snapshot_file_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unknown_record_version_is_a_clear_error_naming_file_and_offset() {
+    let vfs = filled(3);
+    let last = segments(&vfs).pop().unwrap();
+    let mut image = vfs.read_file(&last).unwrap();
+    let at = frame_offsets(&image)[0] as usize;
+    let len = u32::from_le_bytes(image[at + 4..at + 8].try_into().unwrap()) as usize;
+    image[at + 8] = 7; // the record's version byte; re-seal its checksum
+    let crc = crc32c::crc32c(&image[at + 4..at + 8 + len]);
+    image[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    vfs.write_file(&last, image);
+    let err = open(&vfs).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownVersion { file, offset, version: 7, .. } if *file == last && *offset == at as u64),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_torn_header_of_a_new_last_segment_is_rewritten() {
+    let vfs = filled(3);
+    let mut segs = segments(&vfs);
+    let next = Path::new(DIR).join(format!("{:020}.wal", segs.len() + 1));
+    let header = vfs.read_file(&segs[0]).unwrap()[..10].to_vec(); // a header cut short
+    vfs.write_file(&next, header);
+    segs.push(next.clone());
+    let (wal, report) = open(&vfs).unwrap();
+    assert_eq!(report.torn_tail.map(|t| t.file), Some(next));
+    assert_eq!(wal.last_index(1), 3);
+    wal.append(&[GroupWrite {
+        group: 1,
+        entries: vec![ent(4)],
+        hard_state: None,
+    }])
+    .unwrap();
+    drop(wal);
+    let (wal, _) = open(&vfs).unwrap();
+    assert_eq!(wal.last_index(1), 4);
+    assert_eq!(segments(&vfs), segs);
+}
