@@ -137,6 +137,9 @@ pub enum Error {
     /// An earlier write or sync failed; the log refuses further work until reopened.
     #[error("the log is poisoned by an earlier failure: {0}")]
     Poisoned(String),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
     /// The log is shutting down.
     #[error("the log is closed")]
     Closed,

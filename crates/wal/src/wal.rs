@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -93,6 +94,41 @@ pub(crate) struct Shared {
     pub(crate) work: Condvar,
     /// Signals submitters: queue space freed.
     pub(crate) space: Condvar,
+    pub(crate) stats: Stats,
+}
+
+/// Counters kept by the writer (relaxed atomics: they are for metrics, not for logic).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) syncs: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) rewritten_groups: AtomicU64,
+    pub(crate) rewritten_bytes: AtomicU64,
+    pub(crate) segments_deleted: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the writer's counters since the log was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Group commits (`fdatasync`s of a batch, plus rewrites).
+    pub syncs: u64,
+    /// Submissions committed (`append`, `compact`, `save_snapshot` calls).
+    pub requests: u64,
+    /// Bytes appended to segments.
+    pub bytes_written: u64,
+    /// Groups rewritten forward to free an old segment.
+    pub rewritten_groups: u64,
+    /// Bytes those rewrites appended.
+    pub rewritten_bytes: u64,
+    /// Segments deleted.
+    pub segments_deleted: u64,
 }
 
 #[derive(Debug)]
@@ -146,7 +182,14 @@ impl Wal {
         dir: impl Into<PathBuf>,
         config: WalConfig,
     ) -> Result<(Wal, RecoveryReport)> {
-        assert!(config.max_batch_bytes > 0 && config.segment_max_bytes > SEGMENT_HEADER_BYTES);
+        if config.max_batch_bytes == 0 || config.max_batch_bytes > u64::from(u32::MAX) {
+            return Err(Error::InvalidConfig("max_batch_bytes must be in 1..=4 GiB"));
+        }
+        if config.segment_max_bytes <= SEGMENT_HEADER_BYTES {
+            return Err(Error::InvalidConfig(
+                "segment_max_bytes must exceed the 24-byte header",
+            ));
+        }
         let dir = dir.into();
         let snap_dir = dir.join("snap");
         vfs.create_dir_all(&snap_dir)
@@ -190,6 +233,7 @@ impl Wal {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             space: Condvar::new(),
+            stats: Stats::default(),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -209,6 +253,20 @@ impl Wal {
             },
             report,
         ))
+    }
+
+    /// Counters since the log was opened (requests per sync shows group commit at work).
+    pub fn stats(&self) -> WalStats {
+        let s = &self.shared.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WalStats {
+            syncs: get(&s.syncs),
+            requests: get(&s.requests),
+            bytes_written: get(&s.bytes_written),
+            rewritten_groups: get(&s.rewritten_groups),
+            rewritten_bytes: get(&s.rewritten_bytes),
+            segments_deleted: get(&s.segments_deleted),
+        }
     }
 
     /// The configuration in force.

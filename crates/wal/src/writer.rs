@@ -10,7 +10,7 @@ use crate::error::{Error, GroupId, Result};
 use crate::index::{Index, Loc};
 use crate::record::{encode_record, Op, Record, SEGMENT_HEADER_BYTES};
 use crate::vfs::VFile;
-use crate::wal::{create_segment, lock, read_entries_at, segment_path, Request, Shared};
+use crate::wal::{create_segment, lock, read_entries_at, segment_path, Request, Shared, Stats};
 
 /// The one thread that writes segments.
 pub(crate) struct Writer {
@@ -159,6 +159,10 @@ impl Writer {
             }
             base += r.buf.len() as u64;
         }
+        let stats = &self.shared.stats;
+        Stats::add(&stats.syncs, 1);
+        Stats::add(&stats.requests, batch.len() as u64);
+        Stats::add(&stats.bytes_written, self.buf.len() as u64);
         self.active_len = base;
         Ok(())
     }
@@ -231,6 +235,11 @@ impl Writer {
             st.index.apply(rec, loc, false);
         }
         self.active_len += buf.len() as u64;
+        let stats = &self.shared.stats;
+        Stats::add(&stats.syncs, 1);
+        Stats::add(&stats.bytes_written, buf.len() as u64);
+        Stats::add(&stats.rewritten_bytes, buf.len() as u64);
+        Stats::add(&stats.rewritten_groups, pinning.len() as u64);
         log::info!(
             "rewrote {} groups ({} bytes) pinning segment {oldest} into segment {}",
             pinning.len(),
@@ -308,6 +317,7 @@ impl Writer {
                 .remove(&path)
                 .map_err(|e| Error::io("remove", &path, e))?;
             log::debug!("deleted segment {}", path.display());
+            Stats::add(&self.shared.stats.segments_deleted, 1);
         }
         Ok(())
     }

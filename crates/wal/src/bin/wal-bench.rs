@@ -184,6 +184,7 @@ fn wal_case(
     let entries: u64 = results.iter().map(|r| r.0).sum();
     let mut lat_us: Vec<u64> = results.into_iter().flat_map(|r| r.1).collect();
     lat_us.sort_unstable();
+    let stats = wal.stats();
     drop(wal);
     let _ = std::fs::remove_dir_all(&wal_dir);
     Row {
@@ -192,7 +193,12 @@ fn wal_case(
         mb_per_s: entries as f64 * entry_bytes as f64 / secs / 1e6,
         p50_ms: percentile(&lat_us, 0.5),
         p99_ms: percentile(&lat_us, 0.99),
-        syncs_note: format!("{} calls, {threads} threads", lat_us.len()),
+        syncs_note: format!(
+            "{} calls, {threads} threads, {} fdatasyncs ({:.1} calls/sync)",
+            lat_us.len(),
+            stats.syncs,
+            stats.requests as f64 / stats.syncs.max(1) as f64
+        ),
     }
 }
 
