@@ -190,6 +190,8 @@ fn many_submitters_share_one_fdatasync() {
         1,
         "eight submissions, one fdatasync"
     );
+    let stats = wal.stats();
+    assert_eq!((stats.syncs, stats.requests), (1, 8));
     for g in 0..8 {
         assert_eq!(wal.last_index(g), 1);
     }
