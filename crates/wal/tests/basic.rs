@@ -327,6 +327,11 @@ fn an_idle_group_pinning_an_old_segment_is_rewritten_forward() {
         "idle group must not pin the log: {segments:?}"
     );
     assert!(!segments.contains(&Path::new(DIR).join(format!("{:020}.wal", 1))));
+    let stats = wal.stats();
+    assert!(
+        stats.rewritten_groups > 0 && stats.segments_deleted > 0,
+        "{stats:?}"
+    );
     drop(busy);
     drop(wal);
     let wal = open(&vfs, small_segments());
