@@ -146,6 +146,15 @@ impl Index {
     }
 
     fn apply_op(&mut self, group: GroupId, op: &Op, loc: Loc, cache: bool) {
+        if matches!(op, Op::Remove) {
+            if let Some(g) = self.groups.remove(&group) {
+                let cached = g.entries.iter().filter_map(|m| m.data.as_ref());
+                self.cache.bytes -= cached
+                    .map(|d| flotilla_raft::ENTRY_OVERHEAD_BYTES + d.len() as u64)
+                    .sum::<u64>();
+            }
+            return;
+        }
         let g = self.groups.entry(group).or_default();
         let mut dropped_bytes = 0u64;
         let mut drop = |m: EntryMeta| {
@@ -211,6 +220,7 @@ impl Index {
                 g.snapshot = meta.clone();
                 g.snapshot_seg = Some(loc.seg);
             }
+            Op::Remove => unreachable!("handled above"),
         }
         self.cache.bytes -= dropped_bytes;
     }

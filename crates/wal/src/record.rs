@@ -28,14 +28,15 @@ pub const SEGMENT_HEADER_BYTES: u64 = 24;
 pub const FRAME_HEADER_BYTES: u64 = 8;
 /// Smallest valid payload: version, group, op count.
 const MIN_PAYLOAD_BYTES: u32 = 13;
-/// Smallest encoded op (kind + the smallest body), bounding how many ops a payload can claim.
-const MIN_OP_BYTES: usize = 17;
+/// Smallest encoded op (a kind byte), bounding how many ops a payload can claim.
+const MIN_OP_BYTES: usize = 1;
 
 const KIND_ENTRIES: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_COMPACT: u8 = 3;
 const KIND_RESET: u8 = 4;
 const KIND_SNAPSHOT_META: u8 = 5;
+const KIND_REMOVE: u8 = 6;
 
 /// One change to a group. Replay applies records in log order, and a record's ops in order;
 /// later ones win.
@@ -63,6 +64,8 @@ pub enum Op {
     },
     /// The group's latest snapshot (the data lives in a snapshot file).
     SnapshotMeta(SnapshotMeta),
+    /// The group is gone from this node: forget all of its state.
+    Remove,
 }
 
 /// One record: changes to one group that take effect together or not at all (the frame's
@@ -172,6 +175,7 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) {
             out.extend_from_slice(&(conf.len() as u32).to_le_bytes());
             out.extend_from_slice(&conf);
         }
+        Op::Remove => out.push(KIND_REMOVE),
     }
 }
 
@@ -260,7 +264,8 @@ pub fn decode_payload(payload: Bytes) -> Result<Record, DecodeError> {
     if n_ops == 0 || n_ops > (r.buf.len() - r.pos) / MIN_OP_BYTES {
         return Err(DecodeError::Malformed("op count out of range"));
     }
-    let mut ops = Vec::with_capacity(n_ops);
+    // Grow as ops decode, so a lying count cannot make us allocate.
+    let mut ops = Vec::with_capacity(n_ops.min(16));
     for _ in 0..n_ops {
         ops.push(decode_op(&mut r)?);
     }
@@ -329,6 +334,7 @@ fn decode_op(r: &mut Reader) -> Result<Op, DecodeError> {
                 conf_state,
             })
         }
+        KIND_REMOVE => Op::Remove,
         _ => return Err(DecodeError::Malformed("unknown op kind")),
     })
 }
@@ -414,6 +420,7 @@ mod tests {
                 Op::Compact { index: 4, term: 2 },
                 Op::Reset { index: 9, term: 4 },
             ],
+            vec![Op::Remove, Op::HardState(HardState::default())],
             vec![Op::SnapshotMeta(SnapshotMeta {
                 index: 9,
                 term: 4,

@@ -464,6 +464,42 @@ impl Wal {
         Ok(())
     }
 
+    /// Forgets the group: its entries, hard state and snapshot. Durable on return; the
+    /// group's snapshot file is deleted afterwards. A later write starts the group afresh.
+    pub fn remove_group(&self, group: GroupId) -> Result<()> {
+        let old_meta = {
+            let mut st = lock(&self.shared.index);
+            let Some(g) = st.index.groups.get_mut(&group) else {
+                return Ok(());
+            };
+            if g.busy {
+                return Err(Error::GroupBusy { group });
+            }
+            g.busy = true;
+            g.snapshot.clone()
+        };
+        self.submit(
+            vec![group],
+            vec![Record {
+                group,
+                ops: vec![Op::Remove],
+            }],
+        )?;
+        if old_meta.index > 0 {
+            let old = self
+                .shared
+                .snap_dir
+                .join(snapshot::file_name(group, &old_meta));
+            if let Err(e) = self.shared.vfs.remove(&old) {
+                log::warn!(
+                    "could not delete snapshot {} of removed group: {e}",
+                    old.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The group's latest snapshot, read from its file and verified.
     pub fn load_snapshot(&self, group: GroupId) -> Result<Snapshot> {
         let mut meta = self.snapshot_meta(group);

@@ -155,7 +155,10 @@ impl Writer {
                 );
             }
             for g in &r.groups {
-                st.index.groups.get_mut(g).expect("busy groups exist").busy = false;
+                // A removed group has no state left to unmark.
+                if let Some(g) = st.index.groups.get_mut(g) {
+                    g.busy = false;
+                }
             }
             base += r.buf.len() as u64;
         }

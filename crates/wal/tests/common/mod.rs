@@ -33,6 +33,8 @@ pub enum Op {
         ahead: u8,
         conflict: bool,
     },
+    /// The group leaves the node: everything about it is forgotten.
+    Remove { group: u64 },
 }
 
 pub fn op_strategy() -> impl Strategy<Value = Op> {
@@ -54,6 +56,7 @@ pub fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0..GROUPS, any::<u8>()).prop_map(|(group, at)| Op::CreateSnapshot { group, at }),
         1 => (0..GROUPS, any::<u8>(), any::<bool>())
             .prop_map(|(group, ahead, conflict)| Op::ApplySnapshot { group, ahead, conflict }),
+        1 => (0..GROUPS).prop_map(|group| Op::Remove { group }),
     ]
 }
 
@@ -70,6 +73,9 @@ pub enum Concrete {
     ApplySnapshot {
         group: u64,
         snapshot: Snapshot,
+    },
+    Remove {
+        group: u64,
     },
 }
 
@@ -149,6 +155,7 @@ impl Op {
                     data,
                 })
             }
+            Op::Remove { group } => Some(Concrete::Remove { group: *group }),
             Op::ApplySnapshot {
                 group,
                 ahead,
@@ -181,9 +188,9 @@ impl Concrete {
     pub fn groups(&self) -> Vec<u64> {
         match self {
             Concrete::Append(ws) => ws.iter().map(|w| w.group).collect(),
-            Concrete::CreateSnapshot { group, .. } | Concrete::ApplySnapshot { group, .. } => {
-                vec![*group]
-            }
+            Concrete::CreateSnapshot { group, .. }
+            | Concrete::ApplySnapshot { group, .. }
+            | Concrete::Remove { group } => vec![*group],
         }
     }
 
@@ -213,6 +220,9 @@ impl Concrete {
                 .entry(*group)
                 .or_default()
                 .apply_snapshot(snapshot.clone()),
+            Concrete::Remove { group } => {
+                models.remove(group);
+            }
         }
     }
 
@@ -233,6 +243,7 @@ impl Concrete {
             Concrete::ApplySnapshot { group, snapshot } => {
                 WalGroup::new(wal.clone(), *group).apply_snapshot(snapshot.clone())
             }
+            Concrete::Remove { group } => wal.remove_group(*group),
         }
     }
 }
