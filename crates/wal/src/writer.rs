@@ -210,13 +210,15 @@ impl Writer {
         if pinning.is_empty() {
             return Ok(());
         }
-        let mut records = Vec::with_capacity(pinning.len());
-        for group in &pinning {
-            records.push(self.checkpoint_record(*group)?);
-        }
+        // At most about one batch of rewrite per rotation (at least one group), so a rewrite
+        // delays appends no longer than a large group commit; the rest waits for the next one.
         let mut buf = Vec::new();
-        let mut framed = Vec::with_capacity(records.len());
-        for rec in records {
+        let mut framed = Vec::new();
+        for group in &pinning {
+            if !framed.is_empty() && buf.len() as u64 >= self.shared.config.max_batch_bytes {
+                break;
+            }
+            let rec = self.checkpoint_record(*group)?;
             let start = buf.len() as u64;
             encode_record(&rec, &mut buf);
             framed.push((rec, start, (buf.len() as u64 - start) as u32));
@@ -242,9 +244,10 @@ impl Writer {
         Stats::add(&stats.syncs, 1);
         Stats::add(&stats.bytes_written, buf.len() as u64);
         Stats::add(&stats.rewritten_bytes, buf.len() as u64);
-        Stats::add(&stats.rewritten_groups, pinning.len() as u64);
+        Stats::add(&stats.rewritten_groups, framed.len() as u64);
         log::info!(
-            "rewrote {} groups ({} bytes) pinning segment {oldest} into segment {}",
+            "rewrote {} of {} groups ({} bytes) pinning segment {oldest} into segment {}",
+            framed.len(),
             pinning.len(),
             buf.len(),
             self.active_seq

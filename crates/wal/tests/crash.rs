@@ -38,6 +38,8 @@ fn config(segment_max_bytes: u64) -> WalConfig {
     WalConfig {
         segment_max_bytes,
         rewrite_after_segments: 2,
+        // Small, so rewrites of pinning groups are split across rotations too.
+        max_batch_bytes: 1024,
         read_cache_max_bytes: 300,
         ..WalConfig::default()
     }
