@@ -210,9 +210,24 @@ impl<S: Storage> RawNode<S> {
         }
     }
 
-    /// Observability snapshot.
+    /// Observability snapshot (allocates; see `term`, `leader`, `role` for cheap reads).
     pub fn status(&self) -> Status {
         self.raft.status()
+    }
+
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.raft.term
+    }
+
+    /// Known leader, or [`NO_NODE`].
+    pub fn leader(&self) -> NodeId {
+        self.raft.leader
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        self.raft.role
     }
 
     /// The configuration as of the applied index (what a snapshot taken now must record).

@@ -1,0 +1,998 @@
+//! [`NodeHost`]: many Raft groups in one process.
+//!
+//! One consensus thread owns every group's `RawNode`. It waits for input (API commands,
+//! inbound message batches, the tick timer), feeds all of it to the groups, then handles the
+//! resulting `Ready`s of all groups together: one durable `persist` for the whole batch
+//! (group commit), then one network send per destination node carrying messages of many
+//! groups, then committed entries go to the apply workers. Async API calls talk to the
+//! thread over channels and await a oneshot answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use flotilla_raft::{
+    ConfChangeOp, ConfState, Config, EntryKind, Index, NodeId, RawNode, Role, Status, Term, NO_NODE,
+};
+use tokio::sync::{broadcast, oneshot, Semaphore};
+
+use crate::apply::{ApplyTask, Reply, Worker};
+use crate::codec::{Envelope, GroupId};
+use crate::error::{EngineError, Result};
+use crate::network::PeerNetwork;
+use crate::state_machine::StateMachine;
+use crate::storage::{GroupStore, GroupWriteBatch, LogBackend};
+
+/// Node host configuration. Every bound is explicit.
+#[derive(Clone, Debug)]
+pub struct NodeHostConfig {
+    /// This node's id (non-zero, unique in the cluster).
+    pub node_id: NodeId,
+    /// Wall-clock length of one Raft tick.
+    pub tick_interval: Duration,
+    /// Election timeout in ticks (randomized up to twice this).
+    pub election_ticks: u32,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: u32,
+    /// Campaign with a pre-vote round.
+    pub pre_vote: bool,
+    /// Leaders step down without a quorum; voters honour leader leases.
+    pub check_quorum: bool,
+    /// Take a state-machine snapshot (and compact the log) every this many applied entries.
+    pub snapshot_interval_entries: u64,
+    /// Largest accepted proposal.
+    pub max_proposal_bytes: usize,
+    /// Most API requests in flight at once (callers wait for a slot).
+    pub max_pending_requests: usize,
+    /// Most inbound message batches queued for the consensus thread (excess is dropped and
+    /// counted; Raft retransmits).
+    pub max_inbound_batches: usize,
+    /// Most bytes in one append message.
+    pub max_msg_bytes: u64,
+    /// Most append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// Most uncommitted bytes per group at its leader.
+    pub max_uncommitted_bytes: u64,
+    /// Apply worker threads.
+    pub apply_workers: usize,
+}
+
+impl NodeHostConfig {
+    /// Defaults for a node with id `node_id`: 100 ms ticks, elections after 1–2 s.
+    pub fn new(node_id: NodeId) -> Self {
+        NodeHostConfig {
+            node_id,
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            snapshot_interval_entries: 10_000,
+            max_proposal_bytes: 1 << 20,
+            max_pending_requests: 65_536,
+            max_inbound_batches: 4_096,
+            max_msg_bytes: 1 << 20,
+            max_inflight_msgs: 256,
+            max_uncommitted_bytes: 64 << 20,
+            apply_workers: 2,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |why: &str| Err(EngineError::InvalidConfig(why.to_string()));
+        if self.node_id == NO_NODE {
+            return bad("node_id must be non-zero");
+        }
+        if self.tick_interval.is_zero() {
+            return bad("tick_interval must be positive");
+        }
+        if self.apply_workers == 0
+            || self.max_pending_requests == 0
+            || self.max_inbound_batches == 0
+        {
+            return bad("apply_workers, max_pending_requests, max_inbound_batches must be >= 1");
+        }
+        if self.snapshot_interval_entries == 0 {
+            return bad("snapshot_interval_entries must be >= 1");
+        }
+        Ok(())
+    }
+}
+
+/// Something that happened to a group on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The known leader changed (`None`: no leader known).
+    LeaderChanged {
+        /// The group.
+        group: GroupId,
+        /// New leader.
+        leader: Option<NodeId>,
+        /// Term.
+        term: Term,
+    },
+    /// This replica's role changed.
+    RoleChanged {
+        /// The group.
+        group: GroupId,
+        /// New role.
+        role: Role,
+    },
+    /// A membership change was applied.
+    MembershipChanged {
+        /// The group.
+        group: GroupId,
+        /// The configuration now in force.
+        conf: ConfState,
+    },
+    /// The state machine applied up to `index`.
+    Applied {
+        /// The group.
+        group: GroupId,
+        /// Applied index.
+        index: Index,
+    },
+}
+
+/// Cheap, lock-protected facts readable without a round trip to the consensus thread.
+#[derive(Clone, Copy, Debug, Default)]
+struct GroupInfo {
+    leader: NodeId,
+    term: Term,
+}
+
+pub(crate) enum Cmd {
+    StartGroup {
+        group: GroupId,
+        members: Option<Vec<NodeId>>,
+        sm: Box<dyn StateMachine>,
+        reply: Reply<()>,
+    },
+    StopGroup {
+        group: GroupId,
+        reply: Reply<()>,
+    },
+    RemoveGroupData {
+        group: GroupId,
+        reply: Reply<()>,
+    },
+    Propose {
+        group: GroupId,
+        datas: Vec<Bytes>,
+        replies: Vec<Reply<Bytes>>,
+    },
+    ReadIndex {
+        group: GroupId,
+        reply: Reply<()>,
+    },
+    ConfChange {
+        group: GroupId,
+        ops: Vec<ConfChangeOp>,
+        reply: Reply<()>,
+    },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+        reply: Reply<()>,
+    },
+    Status {
+        group: GroupId,
+        reply: Reply<Status>,
+    },
+    SnapshotTaken {
+        group: GroupId,
+        index: Index,
+        data: Bytes,
+    },
+    Shutdown,
+}
+
+pub(crate) struct NodeHostInner {
+    node_id: NodeId,
+    cmd_tx: Sender<Cmd>,
+    inbound_tx: Sender<(NodeId, Vec<Envelope>)>,
+    info: RwLock<BTreeMap<GroupId, GroupInfo>>,
+    events: broadcast::Sender<Event>,
+    permits: Semaphore,
+    dropped_inbound: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl NodeHostInner {
+    /// Hands an inbound batch to the consensus thread; drops it if the queue is full.
+    pub(crate) fn deliver(&self, from: NodeId, envelopes: Vec<Envelope>) {
+        if self.inbound_tx.try_send((from, envelopes)).is_err() {
+            self.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn publish(&self, event: Event) {
+        let _ = self.events.send(event); // no subscribers is fine
+    }
+}
+
+/// Many Raft groups in one process. See the module docs for how work flows.
+pub struct NodeHost {
+    inner: Arc<NodeHostInner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl NodeHost {
+    /// Starts the consensus thread and apply workers. Groups are started separately.
+    pub fn start(
+        cfg: NodeHostConfig,
+        backend: Arc<dyn LogBackend>,
+        net: Arc<dyn PeerNetwork>,
+    ) -> Result<NodeHost> {
+        cfg.validate()?;
+        let (cmd_tx, cmd_rx) = unbounded();
+        let (inbound_tx, inbound_rx) = bounded(cfg.max_inbound_batches);
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(NodeHostInner {
+            node_id: cfg.node_id,
+            cmd_tx: cmd_tx.clone(),
+            inbound_tx,
+            info: RwLock::new(BTreeMap::new()),
+            events,
+            permits: Semaphore::new(cfg.max_pending_requests),
+            dropped_inbound: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        let mut workers = Vec::new();
+        for i in 0..cfg.apply_workers {
+            let (tx, rx) = unbounded();
+            workers.push(tx);
+            let w = Worker {
+                rx,
+                cmd_tx: cmd_tx.clone(),
+                inner: inner.clone(),
+                snapshot_interval: cfg.snapshot_interval_entries,
+            };
+            let name = format!("flotilla-apply-{}-{i}", cfg.node_id);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || w.run())
+                    .expect("spawn"),
+            );
+        }
+        let lp = Loop {
+            cfg: cfg.clone(),
+            backend,
+            net,
+            inner: Arc::downgrade(&inner),
+            groups: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            conf_waiters: BTreeMap::new(),
+            leave_waiters: BTreeMap::new(),
+            next_read_id: 1,
+            workers,
+            info: BTreeMap::new(),
+        };
+        let name = format!("flotilla-raft-{}", cfg.node_id);
+        let t = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || lp.run(cmd_rx, inbound_rx))
+            .expect("spawn");
+        threads.push(t);
+        Ok(NodeHost {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub(crate) fn weak_inner(&self) -> Weak<NodeHostInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// Hands a batch received from peer `from` to the groups (called by the transport).
+    pub fn deliver(&self, from: NodeId, envelopes: Vec<Envelope>) {
+        self.inner.deliver(from, envelopes);
+    }
+
+    /// Inbound batches dropped because the queue was full.
+    pub fn dropped_inbound(&self) -> u64 {
+        self.inner.dropped_inbound.load(Ordering::Relaxed)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T> {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .cmd_tx
+            .send(make(tx))
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Starts replica of `group` here. `members`: the initial voters of a new group
+    /// (ignored if this node already has data for it); `None` joins an existing group (the
+    /// leader adds this node and sends it the log or a snapshot).
+    pub async fn start_group(
+        &self,
+        group: GroupId,
+        members: Option<Vec<NodeId>>,
+        sm: Box<dyn StateMachine>,
+    ) -> Result<()> {
+        self.call(|reply| Cmd::StartGroup {
+            group,
+            members,
+            sm,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the replica (its data stays).
+    pub async fn stop_group(&self, group: GroupId) -> Result<()> {
+        self.call(|reply| Cmd::StopGroup { group, reply }).await
+    }
+
+    /// Deletes a stopped replica's data.
+    pub async fn remove_group_data(&self, group: GroupId) -> Result<()> {
+        self.call(|reply| Cmd::RemoveGroupData { group, reply })
+            .await
+    }
+
+    /// Proposes `data`; resolves once it is committed and applied here, with the state
+    /// machine's result. Only the leader accepts ([`EngineError::NotLeader`] otherwise).
+    pub async fn propose(&self, group: GroupId, data: Bytes) -> Result<Bytes> {
+        let mut out = self.propose_batch(group, vec![data]).await?;
+        Ok(out.pop().expect("one result per proposal"))
+    }
+
+    /// Proposes several entries at once (one append); results in order.
+    pub async fn propose_batch(&self, group: GroupId, datas: Vec<Bytes>) -> Result<Vec<Bytes>> {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let (replies, rxs): (Vec<_>, Vec<_>) = datas.iter().map(|_| oneshot::channel()).unzip();
+        let cmd = Cmd::Propose {
+            group,
+            datas,
+            replies,
+        };
+        self.inner
+            .cmd_tx
+            .send(cmd)
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let mut out = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            out.push(rx.await.map_err(|_| EngineError::ShuttingDown)??);
+        }
+        Ok(out)
+    }
+
+    /// Like [`NodeHost::propose`] with a deadline; on expiry the outcome is unknown.
+    pub async fn propose_timeout(
+        &self,
+        group: GroupId,
+        data: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        match tokio::time::timeout(timeout, self.propose(group, data)).await {
+            Ok(r) => r,
+            Err(_) => Err(EngineError::Timeout {
+                ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Linearizable read barrier: resolves once this replica's state machine reflects every
+    /// write committed before the call (ReadIndex; followers ask the leader).
+    pub async fn read_index(&self, group: GroupId) -> Result<()> {
+        self.call(|reply| Cmd::ReadIndex { group, reply }).await
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        let info = self.inner.info.read().expect("info lock");
+        info.get(&group).map(|i| i.leader).filter(|&l| l != NO_NODE)
+    }
+
+    /// Groups running here.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.inner
+            .info
+            .read()
+            .expect("info lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Raft status of the replica.
+    pub async fn status(&self, group: GroupId) -> Result<Status> {
+        self.call(|reply| Cmd::Status { group, reply }).await
+    }
+
+    /// Membership change; resolves once the new configuration is in force (joint consensus
+    /// entered and left).
+    pub async fn change_membership(&self, group: GroupId, ops: Vec<ConfChangeOp>) -> Result<()> {
+        self.call(|reply| Cmd::ConfChange { group, ops, reply })
+            .await
+    }
+
+    /// Adds a voter (or promotes a learner).
+    pub async fn add_voter(&self, group: GroupId, node: NodeId) -> Result<()> {
+        self.change_membership(group, vec![ConfChangeOp::AddVoter(node)])
+            .await
+    }
+
+    /// Adds a learner.
+    pub async fn add_learner(&self, group: GroupId, node: NodeId) -> Result<()> {
+        self.change_membership(group, vec![ConfChangeOp::AddLearner(node)])
+            .await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, group: GroupId, node: NodeId) -> Result<()> {
+        self.add_voter(group, node).await
+    }
+
+    /// Removes a member (possibly the leader itself).
+    pub async fn remove(&self, group: GroupId, node: NodeId) -> Result<()> {
+        self.change_membership(group, vec![ConfChangeOp::Remove(node)])
+            .await
+    }
+
+    /// Starts a leadership transfer; poll [`NodeHost::leader`] for completion.
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<()> {
+        self.call(|reply| Cmd::TransferLeader { group, to, reply })
+            .await
+    }
+
+    /// Leader, role, membership and applied-index events (a lagging subscriber misses some).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Stops every group and thread. Every write acknowledged so far is already durable.
+    pub fn shutdown(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.inner.cmd_tx.send(Cmd::Shutdown);
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NodeHost {
+    /// Dropping without `shutdown` stops processing at once (tests use it as a crash).
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Group {
+    raw: RawNode<GroupStore>,
+    worker: usize,
+    /// Configurations by the index they took effect at (to record with snapshots).
+    confs: Vec<(Index, ConfState)>,
+}
+
+struct Loop {
+    cfg: NodeHostConfig,
+    backend: Arc<dyn LogBackend>,
+    net: Arc<dyn PeerNetwork>,
+    inner: Weak<NodeHostInner>,
+    groups: BTreeMap<GroupId, Group>,
+    dirty: BTreeSet<GroupId>,
+    /// Proposals awaiting apply: (group, index) -> (term proposed in, reply slot, batch).
+    proposals: BTreeMap<(GroupId, Index), (Term, Reply<Bytes>)>,
+    reads: BTreeMap<u64, (GroupId, Reply<()>)>,
+    conf_waiters: BTreeMap<(GroupId, Index), (Term, Reply<()>)>,
+    leave_waiters: BTreeMap<GroupId, Vec<Reply<()>>>,
+    next_read_id: u64,
+    workers: Vec<Sender<ApplyTask>>,
+    info: BTreeMap<GroupId, GroupInfo>,
+}
+
+impl Loop {
+    fn run(mut self, cmd_rx: Receiver<Cmd>, inbound_rx: Receiver<(NodeId, Vec<Envelope>)>) {
+        let tick = self.cfg.tick_interval;
+        let mut next_tick = Instant::now() + tick;
+        'outer: loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            select! {
+                recv(cmd_rx) -> cmd => match cmd {
+                    Ok(Cmd::Shutdown) | Err(_) => break 'outer,
+                    Ok(cmd) => self.handle(cmd),
+                },
+                recv(inbound_rx) -> batch => if let Ok((from, envs)) = batch {
+                    self.inbound(from, envs);
+                },
+                default(wait) => {}
+            }
+            // Drain whatever else is queued so it shares this round's sync and sends.
+            for _ in 0..4096 {
+                match cmd_rx.try_recv() {
+                    Ok(Cmd::Shutdown) => break 'outer,
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            while let Ok((from, envs)) = inbound_rx.try_recv() {
+                self.inbound(from, envs);
+            }
+            if Instant::now() >= next_tick {
+                next_tick += tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + tick; // we fell behind; don't burst
+                }
+                for (&g, group) in self.groups.iter_mut() {
+                    group.raw.tick();
+                    self.dirty.insert(g);
+                }
+            }
+            for _ in 0..8 {
+                if self.dirty.is_empty() {
+                    break;
+                }
+                if let Err(e) = self.process_readies() {
+                    tracing::error!(error = %e, "node host stopping: storage failed");
+                    break 'outer;
+                }
+            }
+        }
+        self.fail_all();
+        if let Some(inner) = self.inner.upgrade() {
+            inner.stopped.store(true, Ordering::Release);
+        }
+    }
+
+    fn fail_all(&mut self) {
+        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            let _ = r.send(Err(EngineError::ShuttingDown));
+        }
+        for (_, (_, r)) in std::mem::take(&mut self.reads) {
+            let _ = r.send(Err(EngineError::ShuttingDown));
+        }
+        for (_, (_, r)) in std::mem::take(&mut self.conf_waiters) {
+            let _ = r.send(Err(EngineError::ShuttingDown));
+        }
+        for (_, rs) in std::mem::take(&mut self.leave_waiters) {
+            for r in rs {
+                let _ = r.send(Err(EngineError::ShuttingDown));
+            }
+        }
+        self.workers.clear(); // workers exit when their channel closes
+    }
+
+    fn inbound(&mut self, _from: NodeId, envs: Vec<Envelope>) {
+        for env in envs {
+            let Some(group) = self.groups.get_mut(&env.group) else {
+                continue;
+            };
+            if let Err(e) = group.raw.step(env.msg) {
+                tracing::warn!(group = env.group, error = %e, "step failed");
+            }
+            self.dirty.insert(env.group);
+        }
+    }
+
+    fn raft_config(&self, group: GroupId, applied: Index) -> Config {
+        Config {
+            election_ticks: self.cfg.election_ticks,
+            heartbeat_ticks: self.cfg.heartbeat_ticks,
+            applied,
+            pre_vote: self.cfg.pre_vote,
+            check_quorum: self.cfg.check_quorum,
+            max_msg_bytes: self.cfg.max_msg_bytes,
+            max_inflight_msgs: self.cfg.max_inflight_msgs,
+            max_uncommitted_bytes: self.cfg.max_uncommitted_bytes,
+            // Distinct per node and group, so replicas time out at different ticks.
+            seed: self.cfg.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group,
+            ..Config::new(self.cfg.node_id)
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::StartGroup {
+                group,
+                members,
+                sm,
+                reply,
+            } => {
+                let _ = reply.send(self.start_group(group, members, sm));
+            }
+            Cmd::StopGroup { group, reply } => {
+                let res = match self.groups.remove(&group) {
+                    Some(g) => {
+                        let _ = self.workers[g.worker].send(ApplyTask::Remove { group });
+                        self.info.remove(&group);
+                        self.publish_info();
+                        self.fail_group(group);
+                        Ok(())
+                    }
+                    None => Err(EngineError::GroupNotFound(group)),
+                };
+                let _ = reply.send(res);
+            }
+            Cmd::RemoveGroupData { group, reply } => {
+                let res = if self.groups.contains_key(&group) {
+                    Err(EngineError::Invalid(format!(
+                        "group {group} is running; stop it first"
+                    )))
+                } else {
+                    self.backend.remove_group(group)
+                };
+                let _ = reply.send(res);
+            }
+            Cmd::Propose {
+                group,
+                datas,
+                replies,
+            } => self.propose(group, datas, replies),
+            Cmd::ReadIndex { group, reply } => {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    let _ = reply.send(Err(EngineError::GroupNotFound(group)));
+                    return;
+                };
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                match g.raw.read_index(id) {
+                    Ok(()) => {
+                        self.reads.insert(id, (group, reply));
+                        self.dirty.insert(group);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(EngineError::from_raft(group, e)));
+                    }
+                }
+            }
+            Cmd::ConfChange { group, ops, reply } => {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    let _ = reply.send(Err(EngineError::GroupNotFound(group)));
+                    return;
+                };
+                match g.raw.propose_conf_change(&ops) {
+                    Ok(index) => {
+                        self.conf_waiters
+                            .insert((group, index), (g.raw.term(), reply));
+                        self.dirty.insert(group);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(EngineError::from_raft(group, e)));
+                    }
+                }
+            }
+            Cmd::TransferLeader { group, to, reply } => {
+                let res = match self.groups.get_mut(&group) {
+                    Some(g) => g
+                        .raw
+                        .transfer_leader(to)
+                        .map_err(|e| EngineError::from_raft(group, e)),
+                    None => Err(EngineError::GroupNotFound(group)),
+                };
+                self.dirty.insert(group);
+                let _ = reply.send(res);
+            }
+            Cmd::Status { group, reply } => {
+                let res = self
+                    .groups
+                    .get(&group)
+                    .map(|g| g.raw.status())
+                    .ok_or(EngineError::GroupNotFound(group));
+                let _ = reply.send(res);
+            }
+            Cmd::SnapshotTaken { group, index, data } => {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                let conf = conf_at(&g.confs, index);
+                if let Err(e) = g.raw.store_mut().0.create_snapshot(index, conf, data) {
+                    tracing::warn!(group, index, error = %e, "snapshot not saved");
+                }
+                // Keep only the configuration history the next snapshot can need.
+                if let Some(pos) = g.confs.iter().rposition(|(i, _)| *i <= index) {
+                    g.confs.drain(..pos);
+                }
+            }
+            Cmd::Shutdown => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn start_group(
+        &mut self,
+        group: GroupId,
+        members: Option<Vec<NodeId>>,
+        sm: Box<dyn StateMachine>,
+    ) -> Result<()> {
+        if self.groups.contains_key(&group) {
+            return Err(EngineError::GroupExists(group));
+        }
+        let bootstrap = members.map(ConfState::with_voters);
+        let store = self.backend.open_group(group, bootstrap.as_ref())?;
+        let snap = store
+            .snapshot()
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+        let raw = RawNode::new(self.raft_config(group, snap.meta.index), GroupStore(store))
+            .map_err(|e| EngineError::from_raft(group, e))?;
+        let worker = (group % self.workers.len() as u64) as usize;
+        let task = ApplyTask::Add {
+            group,
+            sm,
+            snapshot_index: snap.meta.index,
+            snapshot: snap.data.clone(),
+        };
+        self.workers[worker]
+            .send(task)
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let confs = vec![(snap.meta.index, snap.meta.conf_state)];
+        self.groups.insert(group, Group { raw, worker, confs });
+        self.info.insert(group, GroupInfo::default());
+        self.publish_info();
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    fn propose(&mut self, group: GroupId, datas: Vec<Bytes>, replies: Vec<Reply<Bytes>>) {
+        let fail = |replies: Vec<Reply<Bytes>>, e: EngineError| {
+            for r in replies {
+                let _ = r.send(Err(e.clone()));
+            }
+        };
+        let Some(g) = self.groups.get_mut(&group) else {
+            return fail(replies, EngineError::GroupNotFound(group));
+        };
+        if let Some(big) = datas.iter().find(|d| d.len() > self.cfg.max_proposal_bytes) {
+            let err = EngineError::TooLarge {
+                bytes: big.len(),
+                max: self.cfg.max_proposal_bytes,
+            };
+            return fail(replies, err);
+        }
+        if datas.is_empty() || datas.iter().any(|d| d.is_empty()) {
+            return fail(replies, EngineError::Invalid("empty proposal".into()));
+        }
+        let n = datas.len() as u64;
+        match g.raw.propose_batch(datas) {
+            Ok(last) => {
+                let term = g.raw.term();
+                for (i, reply) in replies.into_iter().enumerate() {
+                    self.proposals
+                        .insert((group, last + 1 - n + i as u64), (term, reply));
+                }
+                self.dirty.insert(group);
+            }
+            Err(e) => fail(replies, EngineError::from_raft(group, e)),
+        }
+    }
+
+    /// Handles the Readies of every dirty group: one persist, one send per peer, then apply.
+    fn process_readies(&mut self) -> Result<()> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut writes = Vec::new();
+        let mut readies = Vec::new();
+        for g in dirty {
+            let Some(group) = self.groups.get_mut(&g) else {
+                continue;
+            };
+            if !group.raw.has_ready() {
+                continue;
+            }
+            let mut rd = group.raw.ready();
+            if let Some(snap) = &rd.snapshot {
+                group.raw.store_mut().0.apply_snapshot(snap.clone())?;
+            }
+            if !rd.entries.is_empty() || rd.hard_state.is_some() {
+                let entries = std::mem::take(&mut rd.entries);
+                writes.push(GroupWriteBatch {
+                    group: g,
+                    entries,
+                    hard_state: rd.hard_state,
+                });
+            }
+            readies.push((g, rd));
+        }
+        if !writes.is_empty() {
+            self.backend.persist(writes)?;
+        }
+        // Everything the messages depend on is durable now.
+        let mut outbox: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
+        for (g, rd) in readies.iter_mut() {
+            for msg in std::mem::take(&mut rd.messages) {
+                outbox
+                    .entry(msg.to)
+                    .or_default()
+                    .push(Envelope { group: *g, msg });
+            }
+        }
+        let mut unreachable = Vec::new();
+        for (to, envs) in outbox {
+            let groups: BTreeSet<GroupId> = envs.iter().map(|e| e.group).collect();
+            if self.net.send(to, envs).is_err() {
+                unreachable.extend(groups.into_iter().map(|g| (g, to)));
+            }
+        }
+        let mut info_changed = false;
+        for (g, rd) in readies {
+            info_changed |= self.after_ready(g, rd);
+        }
+        // Only after `advance`: the core takes no input between `ready` and `advance`.
+        for (g, to) in unreachable {
+            if let Some(group) = self.groups.get_mut(&g) {
+                group.raw.report_unreachable(to);
+                self.dirty.insert(g);
+            }
+        }
+        if info_changed {
+            self.publish_info();
+        }
+        Ok(())
+    }
+
+    /// Hands committed entries and reads to the apply worker, resolves waiters, advances.
+    fn after_ready(&mut self, g: GroupId, rd: flotilla_raft::Ready) -> bool {
+        let group = self.groups.get_mut(&g).expect("group with a ready");
+        let inner = self.inner.upgrade();
+        let mut info_changed = false;
+        if let Some(ss) = rd.soft_state {
+            let term = group.raw.term();
+            let info = self.info.entry(g).or_default();
+            if info.leader != ss.leader || info.term != term {
+                info.leader = ss.leader;
+                info.term = term;
+                info_changed = true;
+                let leader = (ss.leader != NO_NODE).then_some(ss.leader);
+                if let Some(i) = &inner {
+                    i.publish(Event::LeaderChanged {
+                        group: g,
+                        leader,
+                        term,
+                    });
+                }
+            }
+            if let Some(i) = &inner {
+                i.publish(Event::RoleChanged {
+                    group: g,
+                    role: ss.role,
+                });
+            }
+        }
+        let snapshot = rd.snapshot.map(|s| {
+            group.confs = vec![(s.meta.index, s.meta.conf_state.clone())];
+            (s.meta.index, s.data)
+        });
+        let mut completions = Vec::new();
+        for e in &rd.committed_entries {
+            if let Some((term, reply)) = self.proposals.remove(&(g, e.index)) {
+                if term == e.term {
+                    completions.push((e.index, reply));
+                } else {
+                    let why = format!("entry {} was replaced by term {}", e.index, e.term);
+                    let _ = reply.send(Err(EngineError::Dropped(why)));
+                }
+            }
+            if e.kind == EntryKind::ConfChange {
+                let conf = ConfState::decode(&e.data).expect("conf entries are ours");
+                group.confs.push((e.index, conf.clone()));
+                if let Some((term, reply)) = self.conf_waiters.remove(&(g, e.index)) {
+                    if term != e.term {
+                        let _ = reply.send(Err(EngineError::Dropped("conf change lost".into())));
+                    } else if conf.is_joint() {
+                        self.leave_waiters.entry(g).or_default().push(reply);
+                    } else {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                if !conf.is_joint() {
+                    for reply in self.leave_waiters.remove(&g).unwrap_or_default() {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                if let Some(i) = &inner {
+                    i.publish(Event::MembershipChanged { group: g, conf });
+                }
+            }
+        }
+        let worker = &self.workers[group.worker];
+        if snapshot.is_some() || !rd.committed_entries.is_empty() {
+            let task = ApplyTask::Apply {
+                group: g,
+                snapshot,
+                entries: rd.committed_entries,
+                completions,
+            };
+            let _ = worker.send(task);
+        }
+        for rs in rd.read_states {
+            let Some((_, reply)) = self.reads.remove(&rs.request_id) else {
+                continue;
+            };
+            match rs.index {
+                Some(index) => {
+                    let _ = worker.send(ApplyTask::Barrier {
+                        group: g,
+                        index,
+                        reply,
+                    });
+                }
+                None => {
+                    let leader_hint = (group.raw.leader() != NO_NODE).then_some(group.raw.leader());
+                    let _ = reply.send(Err(EngineError::NotLeader {
+                        group: g,
+                        leader_hint,
+                    }));
+                }
+            }
+        }
+        group.raw.advance();
+        if group.raw.has_ready() {
+            self.dirty.insert(g);
+        }
+        info_changed
+    }
+
+    fn publish_info(&self) {
+        if let Some(inner) = self.inner.upgrade() {
+            *inner.info.write().expect("info lock") = self.info.clone();
+        }
+    }
+
+    fn fail_group(&mut self, group: GroupId) {
+        let keys: Vec<_> = self
+            .proposals
+            .range((group, 0)..=(group, Index::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some((_, r)) = self.proposals.remove(&k) {
+                let _ = r.send(Err(EngineError::GroupNotFound(group)));
+            }
+        }
+        let reads: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (g, _))| *g == group)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in reads {
+            if let Some((_, r)) = self.reads.remove(&k) {
+                let _ = r.send(Err(EngineError::GroupNotFound(group)));
+            }
+        }
+    }
+}
+
+/// The configuration in force at `index`, from a history sorted by index.
+fn conf_at(confs: &[(Index, ConfState)], index: Index) -> ConfState {
+    confs
+        .iter()
+        .rev()
+        .find(|(i, _)| *i <= index)
+        .or(confs.first())
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default()
+}
