@@ -12,14 +12,15 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use bytes::Bytes;
 use flotilla_raft::{
-    ConfChangeOp, ConfState, Config, Entry, EntryKind, Error, Faults, Index, MemStorage, Message,
-    MessageBody, NodeId, RawNode, Ready, Role, Storage, Term,
+    ConfChangeOp, ConfState, Config, Entry, EntryKind, Error, Faults, Index, Message, MessageBody,
+    NodeId, RawNode, Ready, Role, Storage, Term,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::kv::{fnv1a, Command, Registers, WriteOp, WriteResult};
 use crate::linearizability::{KvInput, KvOutput, Operation};
+use crate::store::{MemStores, Store, StoreFactory};
 
 /// Knobs of one simulated cluster.
 #[derive(Clone, Debug)]
@@ -130,9 +131,9 @@ enum Input {
 /// One simulated server.
 pub struct SimNode {
     /// Running core; `None` while crashed.
-    raw: Option<RawNode<MemStorage>>,
-    /// Durable storage kept while crashed.
-    parked: Option<MemStorage>,
+    raw: Option<RawNode<Store>>,
+    /// Initial membership for the first start (None for nodes added later).
+    bootstrap: Option<ConfState>,
     incarnation: u64,
     sm: Registers,
     applied: Index,
@@ -150,10 +151,10 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    fn new(store: MemStorage) -> Self {
+    fn new(bootstrap: Option<ConfState>) -> Self {
         SimNode {
             raw: None,
-            parked: Some(store),
+            bootstrap,
             incarnation: 0,
             sm: Registers::default(),
             applied: 0,
@@ -214,11 +215,17 @@ pub struct Sim {
     pub events_processed: u64,
     /// What happened, counted by kind (crashes, partitions, elections, ...).
     pub stats: BTreeMap<&'static str, u64>,
+    stores: Box<dyn StoreFactory>,
 }
 
 impl Sim {
-    /// A cluster of `cfg.nodes` voters, all started.
+    /// A cluster of `cfg.nodes` voters, all started, on in-memory storage.
     pub fn new(cfg: SimConfig) -> Sim {
+        Sim::with_stores(cfg, Box::new(MemStores::default()))
+    }
+
+    /// A cluster whose nodes keep their logs in `stores`.
+    pub fn with_stores(cfg: SimConfig, stores: Box<dyn StoreFactory>) -> Sim {
         let conf = ConfState::with_voters(1..=cfg.nodes);
         let mut sim = Sim {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
@@ -241,13 +248,11 @@ impl Sim {
             trace_hash: 0xcbf2_9ce4_8422_2325,
             events_processed: 0,
             stats: BTreeMap::new(),
+            stores,
             cfg,
         };
         for id in 1..=sim.cfg.nodes {
-            sim.nodes.insert(
-                id,
-                SimNode::new(MemStorage::new_with_conf_state(conf.clone())),
-            );
+            sim.nodes.insert(id, SimNode::new(Some(conf.clone())));
             sim.start(id);
         }
         for _ in 0..sim.cfg.clients {
@@ -317,10 +322,12 @@ impl Sim {
     /// Starts (or restarts) node `id` from its durable storage.
     pub fn start(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
-        let Some(store) = node.parked.take() else {
+        if node.raw.is_some() {
             return;
-        };
-        let snap = store.snapshot().expect("mem storage");
+        }
+        let bootstrap = node.bootstrap.take();
+        let store = Store(self.stores.open(id, bootstrap.as_ref()));
+        let snap = store.snapshot().expect("storage readable");
         let cfg = self.raft_config(id, snap.meta.index);
         let node = self.nodes.get_mut(&id).expect("known node");
         node.sm = Registers::decode(&snap.data);
@@ -350,7 +357,8 @@ impl Sim {
             return;
         };
         let Some(raw) = node.raw.take() else { return };
-        node.parked = Some(raw.into_store());
+        self.stores.crash(id, raw.into_store().0);
+        let node = self.nodes.get_mut(&id).expect("known node");
         node.inbox.clear();
         node.in_ready = None;
         node.proposed.clear();
@@ -363,7 +371,7 @@ impl Sim {
     /// Adds a brand-new (empty) node `id`, running but not yet a member.
     pub fn add_node(&mut self, id: NodeId) {
         assert!(!self.nodes.contains_key(&id), "node ids are never reused");
-        self.nodes.insert(id, SimNode::new(MemStorage::default()));
+        self.nodes.insert(id, SimNode::new(None));
         self.start(id);
     }
 
@@ -628,7 +636,7 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("known node");
         let rd = node.in_ready.take().expect("a ready in progress");
         let raw = node.raw.as_mut().expect("up");
-        let store = raw.store_mut();
+        let store = &mut raw.store_mut().0;
         if let Some(s) = &rd.snapshot {
             store.apply_snapshot(s.clone());
         }
@@ -747,7 +755,7 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|(&id, n)| {
-                let store = n.raw.as_ref().map(|r| r.store()).or(n.parked.as_ref())?;
+                let store = n.raw.as_ref().map(|r| r.store())?;
                 let (first, last) = (store.first_index().ok()?, store.last_index().ok()?);
                 let ents = store.entries(first, last + 1, u64::MAX).ok()?;
                 let map = ents
@@ -786,7 +794,7 @@ impl Sim {
         if node.applied >= first + self.cfg.snapshot_every {
             let conf = raw.conf_state().clone();
             let data = node.sm.encode();
-            raw.store_mut().create_snapshot(node.applied, conf, data);
+            raw.store_mut().0.create_snapshot(node.applied, conf, data);
         }
     }
 
@@ -1138,7 +1146,7 @@ impl Sim {
     /// The durable entry at `index` on node `id`, if present.
     pub fn entry_at(&self, id: NodeId, index: Index) -> Option<Entry> {
         let n = &self.nodes[&id];
-        let store = n.raw.as_ref().map(|r| r.store()).or(n.parked.as_ref())?;
+        let store = n.raw.as_ref().map(|r| r.store())?;
         store.entries(index, index + 1, u64::MAX).ok()?.pop()
     }
 
@@ -1150,7 +1158,7 @@ impl Sim {
     /// Index of node `id`'s latest snapshot (its compaction point).
     pub fn snapshot_index(&self, id: NodeId) -> Index {
         let n = &self.nodes[&id];
-        let store = n.raw.as_ref().map(|r| r.store()).or(n.parked.as_ref());
+        let store = n.raw.as_ref().map(|r| r.store());
         store.map_or(0, |s| s.first_index().unwrap_or(1) - 1)
     }
 }

@@ -14,12 +14,15 @@
 //! - [`cluster`]: the simulated cluster ([`cluster::Sim`]) and its invariant checks.
 //! - [`nemesis`]: the randomized run: faults, then heal, then the liveness check.
 //! - [`linearizability`]: a Wing–Gong / Porcupine-style checker, partitioned per key.
+//! - [`store`]: the nodes' durable storage seam (`MemStorage`, or a real log engine).
 #![warn(missing_docs)]
 
 pub mod cluster;
 pub mod kv;
 pub mod linearizability;
 pub mod nemesis;
+pub mod store;
 
 pub use cluster::{Sim, SimConfig};
-pub use nemesis::{run_seed, RunOptions, RunReport};
+pub use nemesis::{run_seed, run_seed_with, RunOptions, RunReport};
+pub use store::{MemStores, SimStore, StoreFactory};

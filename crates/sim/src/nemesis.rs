@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::cluster::{Sim, SimConfig};
 use crate::linearizability::{check, CheckResult};
+use crate::store::StoreFactory;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -69,7 +70,15 @@ const LIN_STEPS_PER_KEY: u64 = 5_000_000;
 
 /// Runs one seed; a panic inside the core or the simulator is reported as a violation.
 pub fn run_seed(opts: &RunOptions) -> RunReport {
-    match catch_unwind(AssertUnwindSafe(|| run_inner(opts))) {
+    run_seed_with(opts, || Box::new(crate::store::MemStores::default()))
+}
+
+/// Like [`run_seed`], with node storage from `stores` (e.g. the WAL).
+pub fn run_seed_with(
+    opts: &RunOptions,
+    stores: impl FnOnce() -> Box<dyn StoreFactory>,
+) -> RunReport {
+    match catch_unwind(AssertUnwindSafe(|| run_inner(opts, stores()))) {
         Ok(report) => report,
         Err(panic) => {
             let msg = panic
@@ -90,7 +99,7 @@ pub fn run_seed(opts: &RunOptions) -> RunReport {
     }
 }
 
-fn run_inner(opts: &RunOptions) -> RunReport {
+fn run_inner(opts: &RunOptions, stores: Box<dyn StoreFactory>) -> RunReport {
     let mut cfg = SimConfig::new(opts.seed);
     cfg.nodes = opts.nodes;
     cfg.clients = 4;
@@ -102,7 +111,7 @@ fn run_inner(opts: &RunOptions) -> RunReport {
     cfg.max_msg_entries = [1, 3, 64][knobs.gen_range(0..3)];
     cfg.max_inflight_msgs = [1, 4, 16][knobs.gen_range(0..3)];
     cfg.snapshot_every = [16, 64, 1000][knobs.gen_range(0..3)];
-    let mut sim = Sim::new(cfg);
+    let mut sim = Sim::with_stores(cfg, stores);
     // Each seed picks its own network quality.
     let loss = [0.0, 0.01, 0.05][sim.rng().gen_range(0..3)];
     let dup = [0.0, 0.02][sim.rng().gen_range(0..2)];
