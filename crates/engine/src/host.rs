@@ -59,6 +59,11 @@ pub struct NodeHostConfig {
     pub max_uncommitted_bytes: u64,
     /// Apply worker threads.
     pub apply_workers: usize,
+    /// A group with no activity (proposals, entries, votes, membership changes) for this many
+    /// ticks stops ticking — its leader sends no heartbeats, its followers start no elections —
+    /// until any message or request for it arrives. 0 disables quiescing. The price: a
+    /// quiesced group notices a dead leader only once something wakes it.
+    pub quiesce_after_ticks: u32,
 }
 
 impl NodeHostConfig {
@@ -79,6 +84,7 @@ impl NodeHostConfig {
             max_inflight_msgs: 256,
             max_uncommitted_bytes: 64 << 20,
             apply_workers: 2,
+            quiesce_after_ticks: 100,
         }
     }
 
@@ -143,6 +149,7 @@ pub enum Event {
 struct GroupInfo {
     leader: NodeId,
     term: Term,
+    quiesced: bool,
 }
 
 pub(crate) enum Cmd {
@@ -416,6 +423,12 @@ impl NodeHost {
         info.get(&group).map(|i| i.leader).filter(|&l| l != NO_NODE)
     }
 
+    /// True while the group is quiesced here (idle: not ticking).
+    pub fn is_quiesced(&self, group: GroupId) -> bool {
+        let info = self.inner.info.read().expect("info lock");
+        info.get(&group).is_some_and(|i| i.quiesced)
+    }
+
     /// Groups running here.
     pub fn groups(&self) -> Vec<GroupId> {
         self.inner
@@ -498,6 +511,9 @@ struct Group {
     worker: usize,
     /// Configurations by the index they took effect at (to record with snapshots).
     confs: Vec<(Index, ConfState)>,
+    /// Ticks since the last real activity (heartbeats do not count).
+    idle_ticks: u32,
+    quiesced: bool,
 }
 
 struct Loop {
@@ -549,10 +565,7 @@ impl Loop {
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + tick; // we fell behind; don't burst
                 }
-                for (&g, group) in self.groups.iter_mut() {
-                    group.raw.tick();
-                    self.dirty.insert(g);
-                }
+                self.tick_all();
             }
             for _ in 0..8 {
                 if self.dirty.is_empty() {
@@ -588,8 +601,65 @@ impl Loop {
         self.workers.clear(); // workers exit when their channel closes
     }
 
+    fn tick_all(&mut self) {
+        let limit = self.cfg.quiesce_after_ticks;
+        let mut quiesce_changed = false;
+        for (&g, group) in self.groups.iter_mut() {
+            if group.quiesced {
+                continue;
+            }
+            group.raw.tick();
+            self.dirty.insert(g);
+            group.idle_ticks = group.idle_ticks.saturating_add(1);
+            if limit > 0 && group.idle_ticks >= limit && group.raw.leader() != NO_NODE {
+                // A leader quiesces only once every follower has everything.
+                let caught_up = group.raw.role() != Role::Leader || {
+                    let st = group.raw.status();
+                    st.progress.values().all(|p| p.matched == st.last_index)
+                };
+                if caught_up {
+                    group.quiesced = true;
+                    quiesce_changed = true;
+                    self.info.entry(g).or_default().quiesced = true;
+                }
+            }
+        }
+        if quiesce_changed {
+            self.publish_info();
+        }
+    }
+
+    /// Wakes `group` if it is quiesced; `active` also restarts its idle clock (a woken group
+    /// that stays idle quiesces again once the clock reaches the threshold).
+    fn wake(&mut self, group: GroupId, active: bool) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if active {
+            g.idle_ticks = 0;
+        }
+        if g.quiesced {
+            g.quiesced = false;
+            if let Some(info) = self.info.get_mut(&group) {
+                info.quiesced = false;
+            }
+            self.publish_info();
+        }
+    }
+
     fn inbound(&mut self, _from: NodeId, envs: Vec<Envelope>) {
         for env in envs {
+            let heartbeat = matches!(
+                env.msg.body,
+                flotilla_raft::MessageBody::Heartbeat { .. }
+                    | flotilla_raft::MessageBody::HeartbeatResp { .. }
+            );
+            // Heartbeats are stepped (and answered) even while quiesced, but do not wake the
+            // group: otherwise a leader's heartbeat and its answer would wake the two sides
+            // alternately forever.
+            if !heartbeat {
+                self.wake(env.group, true);
+            }
             let Some(group) = self.groups.get_mut(&env.group) else {
                 continue;
             };
@@ -617,6 +687,13 @@ impl Loop {
     }
 
     fn handle(&mut self, cmd: Cmd) {
+        match &cmd {
+            Cmd::Propose { group, .. }
+            | Cmd::ReadIndex { group, .. }
+            | Cmd::ConfChange { group, .. }
+            | Cmd::TransferLeader { group, .. } => self.wake(*group, true),
+            _ => {}
+        }
         match cmd {
             Cmd::StartGroup {
                 group,
@@ -750,7 +827,14 @@ impl Loop {
             .send(task)
             .map_err(|_| EngineError::ShuttingDown)?;
         let confs = vec![(snap.meta.index, snap.meta.conf_state)];
-        self.groups.insert(group, Group { raw, worker, confs });
+        let group_state = Group {
+            raw,
+            worker,
+            confs,
+            idle_ticks: 0,
+            quiesced: false,
+        };
+        self.groups.insert(group, group_state);
         self.info.insert(group, GroupInfo::default());
         self.publish_info();
         self.dirty.insert(group);
@@ -805,6 +889,10 @@ impl Loop {
             let mut rd = group.raw.ready();
             if let Some(snap) = &rd.snapshot {
                 group.raw.store_mut().0.apply_snapshot(snap.clone())?;
+            }
+            let active = !rd.entries.is_empty() || !rd.committed_entries.is_empty();
+            if active || rd.soft_state.is_some() {
+                group.idle_ticks = 0;
             }
             if !rd.entries.is_empty() || rd.hard_state.is_some() {
                 let entries = std::mem::take(&mut rd.entries);
@@ -872,6 +960,23 @@ impl Loop {
                         leader,
                         term,
                     });
+                }
+                // Reads forwarded to the old leader will never be answered: fail them now
+                // (retriable) instead of leaving callers waiting.
+                let stale: Vec<u64> = self
+                    .reads
+                    .iter()
+                    .filter(|(_, (rg, _))| *rg == g)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in stale {
+                    if let Some((_, reply)) = self.reads.remove(&id) {
+                        let err = EngineError::NotLeader {
+                            group: g,
+                            leader_hint: leader,
+                        };
+                        let _ = reply.send(Err(err));
+                    }
                 }
             }
             if let Some(i) = &inner {

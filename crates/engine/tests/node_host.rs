@@ -430,3 +430,51 @@ async fn oversized_proposals_are_refused_with_the_bound() {
         Err(EngineError::GroupNotFound(9))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_quiesce_and_wake_on_demand() {
+    let mut c = Cluster::new(false, 3);
+    c.cfg = |id| NodeHostConfig {
+        quiesce_after_ticks: 20,
+        ..fast(id)
+    };
+    for id in 1..=3 {
+        c.start(id, &[1, 2], Some(vec![1, 2, 3])).await;
+    }
+    let mut acked = vec![c.propose(1, "a").await];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !(1..=3).all(|id| c.hosts[&id].is_quiesced(1)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group 1 never quiesced everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader = c.leader(1).await;
+    // Still quiesced a while later: nobody ticks, nobody campaigns.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!((1..=3).all(|id| c.hosts[&id].is_quiesced(1)));
+    assert_eq!(c.hosts[&leader].leader(1), Some(leader));
+    // A proposal wakes it and commits everywhere.
+    acked.push(c.propose(1, "b").await);
+    c.assert_converged(1, &acked).await;
+    // A quiesced group whose leader died recovers once a request wakes a follower.
+    c.kill(leader);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let follower = *c.hosts.keys().next().unwrap();
+    loop {
+        // Wakes it; fails (or times out: forwarded to the dead leader) until a new leader.
+        let _ = tokio::time::timeout(Duration::from_millis(100), c.hosts[&follower].read_index(1))
+            .await;
+        if c.hosts.iter().any(|(&id, h)| h.leader(1) == Some(id)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader after waking"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acked.push(c.propose(1, "c").await);
+    c.assert_converged(1, &acked).await;
+}
