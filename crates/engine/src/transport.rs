@@ -1,0 +1,1 @@
+//! TCP peer transport (in progress).
