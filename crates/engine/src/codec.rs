@@ -70,7 +70,7 @@ const ENTRY_FIXED_BYTES: usize = 8 + 8 + 1 + 4;
 const ENVELOPE_FIXED_BYTES: usize = 8 + 8 + 8 + 8 + 1;
 
 /// One Raft message addressed to one group.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     /// The group the message belongs to.
     pub group: GroupId,
@@ -98,7 +98,7 @@ pub struct Hello {
 }
 
 /// A unit of the wire protocol.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// Handshake; see [`Hello`].
     Hello(Hello),

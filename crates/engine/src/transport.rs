@@ -575,17 +575,14 @@ impl Transport {
             LinkFault::Delay(delay) => Some(Instant::now() + delay),
         };
         let max_envelope_bytes = self.shared.cfg.max_envelope_bytes();
-        let mut adding_bytes = 0usize;
-        for env in &envelopes {
-            let envelope_bytes = env.encoded_len();
-            if envelope_bytes > max_envelope_bytes {
-                return Err(SendError::TooLarge {
-                    envelope_bytes,
-                    max_envelope_bytes,
-                });
-            }
-            adding_bytes += envelope_bytes;
+        let sizes: Vec<usize> = envelopes.iter().map(Envelope::encoded_len).collect();
+        if let Some(&envelope_bytes) = sizes.iter().find(|&&n| n > max_envelope_bytes) {
+            return Err(SendError::TooLarge {
+                envelope_bytes,
+                max_envelope_bytes,
+            });
         }
+        let adding_bytes: usize = sizes.iter().sum();
         let adding_msgs = envelopes.len();
         let max_msgs = self.shared.cfg.max_queue_msgs_per_peer;
         let max_bytes = self.shared.cfg.max_queue_bytes_per_peer;
@@ -604,8 +601,7 @@ impl Transport {
                     max_bytes,
                 });
             }
-            for env in envelopes {
-                let bytes = env.encoded_len();
+            for (env, bytes) in envelopes.into_iter().zip(sizes) {
                 queue.items.push_back(Queued {
                     env,
                     bytes,
@@ -1126,6 +1122,84 @@ mod tests {
             d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
             "{d:?}"
         );
+    }
+
+    fn test_peer() -> Peer {
+        Peer {
+            id: 2,
+            addr: watch::channel(SocketAddr::from(([127, 0, 0, 1], 1))).0,
+            stop: watch::channel(false).0,
+            queue: Mutex::new(PeerQueue::default()),
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            counters: PeerCounters::default(),
+        }
+    }
+
+    fn heartbeat(seq: u64) -> Envelope {
+        Envelope {
+            group: seq,
+            msg: flotilla_raft::Message {
+                from: 1,
+                to: 2,
+                term: 1,
+                body: flotilla_raft::MessageBody::Heartbeat {
+                    commit: seq,
+                    read_seq: seq,
+                },
+            },
+        }
+    }
+
+    fn push(peer: &Peer, seq: u64, not_before: Option<Instant>) {
+        let env = heartbeat(seq);
+        let bytes = env.encoded_len();
+        let mut q = lock(&peer.queue);
+        q.items.push_back(Queued {
+            env,
+            bytes,
+            not_before,
+        });
+        q.bytes += bytes;
+    }
+
+    fn seqs(batch: &[Envelope]) -> Vec<u64> {
+        batch.iter().map(|e| e.group).collect()
+    }
+
+    #[test]
+    fn take_batch_coalesces_up_to_max_batch_bytes_but_always_takes_one() {
+        let peer = test_peer();
+        let one = heartbeat(0).encoded_len();
+        for seq in 0..10 {
+            push(&peer, seq, None);
+        }
+        let now = Instant::now();
+        assert_eq!(seqs(&peer.take_batch(3 * one, now).0), [0, 1, 2]);
+        assert_eq!(
+            seqs(&peer.take_batch(1, now).0),
+            [3],
+            "an envelope over the target goes alone"
+        );
+        assert_eq!(
+            seqs(&peer.take_batch(usize::MAX, now).0),
+            [4, 5, 6, 7, 8, 9]
+        );
+        let q = lock(&peer.queue);
+        assert_eq!((q.items.len(), q.bytes), (0, 0));
+    }
+
+    #[test]
+    fn take_batch_holds_a_delayed_head_and_everything_behind_it() {
+        let peer = test_peer();
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        push(&peer, 0, None);
+        push(&peer, 1, Some(later));
+        push(&peer, 2, None);
+        assert_eq!(peer.take_batch(usize::MAX, now), (vec![heartbeat(0)], None));
+        assert_eq!(peer.take_batch(usize::MAX, now), (vec![], Some(later)));
+        assert_eq!(seqs(&peer.take_batch(usize::MAX, later).0), [1, 2]);
     }
 
     #[test]

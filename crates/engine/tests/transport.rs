@@ -622,3 +622,101 @@ async fn a_consumer_behind_a_one_batch_channel_slows_the_sender_but_loses_nothin
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn inbound_connections_beyond_the_limit_wait_until_a_slot_frees() {
+    init_tracing();
+    let (a, _a_rx) = start(1).await;
+    let mut cfg = config(2);
+    cfg.max_inbound_connections = 1;
+    let (b, mut b_rx) = start_with(cfg).await;
+
+    // A hand-made peer takes the only slot and idles after its Hello.
+    let mut squatter = TcpStream::connect(b.local_addr()).await.unwrap();
+    let mut buf = BytesMut::new();
+    encode_frame(
+        &Frame::Hello(Hello {
+            cluster_id: CLUSTER,
+            from: 5,
+            protocol_version: PROTOCOL_VERSION,
+        }),
+        &mut buf,
+    );
+    squatter.write_all(&buf).await.unwrap();
+    wait_for_stats(&b, "the squatter to be served", |s| {
+        s.inbound_connections_active == 1
+    })
+    .await;
+
+    a.set_peer(2, b.local_addr());
+    a.send(2, vec![msg(1, 1, 2, 0)]).unwrap();
+    // a's connection sits in the listen backlog: connected at TCP level, but not served.
+    wait_for_stats(&a, "a to connect", |s| s.peers[&2].connected).await;
+    assert!(
+        timeout(POLL * 5, b_rx.recv()).await.is_err(),
+        "served beyond the limit"
+    );
+    assert_eq!(b.stats().inbound_connections_accepted, 1);
+
+    drop(squatter);
+    let got = recv_n(&mut b_rx, 1).await;
+    assert_eq!(got[0], (1, msg(1, 1, 2, 0)));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_peer_with_a_new_address_moves_the_connection_and_keeps_the_queue() {
+    init_tracing();
+    let (a, _a_rx) = start(1).await;
+    let (old, mut old_rx) = start(2).await;
+    a.set_peer(2, old.local_addr());
+    a.send(2, vec![msg(1, 1, 2, 0)]).unwrap();
+    recv_n(&mut old_rx, 1).await;
+
+    let (new, mut new_rx) = start(2).await;
+    a.set_peer(2, new.local_addr());
+    for seq in 1..=30 {
+        a.send(2, vec![msg(seq, 1, 2, seq)]).unwrap();
+    }
+    let got = recv_n(&mut new_rx, 30).await;
+    let expected: Vec<Envelope> = (1..=30).map(|seq| msg(seq, 1, 2, seq)).collect();
+    assert_eq!(
+        got.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        timeout(POLL, old_rx.recv()).await.is_err(),
+        "nothing more goes to the old address"
+    );
+    assert_eq!(a.stats().peers[&2].addr, new.local_addr());
+
+    a.shutdown().await;
+    old.shutdown().await;
+    new.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_the_transport() {
+    init_tracing();
+    let (a, _a_rx) = start(1).await;
+    let (b, mut b_rx) = start(2).await;
+    let b2 = b.clone();
+    a.set_peer(2, b.local_addr());
+    a.send(2, vec![msg(1, 1, 2, 0)]).unwrap();
+    recv_n(&mut b_rx, 1).await;
+
+    drop(b);
+    assert!(
+        b2.stats().inbound_connections_active == 1,
+        "a clone keeps it running"
+    );
+    drop(b2); // like a crashed node: no shutdown call
+              // Its tasks end, so the inbound channel closes and a sees its connection go.
+    let closed = timeout(DEADLINE, b_rx.recv())
+        .await
+        .expect("inbound channel did not close");
+    assert!(closed.is_none());
+    wait_for_stats(&a, "a to notice", |s| !s.peers[&2].connected).await;
+    a.shutdown().await;
+}
