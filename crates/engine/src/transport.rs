@@ -106,6 +106,12 @@ impl TransportConfig {
             .saturating_sub(FRAME_HEADER_BYTES + BATCH_OVERHEAD_BYTES)
     }
 
+    /// Envelope bytes the writer puts in one frame: `max_batch_bytes`, but never so much that
+    /// the frame (header and batch overhead included) would exceed `max_frame_bytes`.
+    fn batch_budget_bytes(&self) -> usize {
+        self.max_batch_bytes.min(self.max_envelope_bytes())
+    }
+
     fn validate(&self) -> Result<(), TransportError> {
         let invalid = |reason: String| Err(TransportError::InvalidConfig { reason });
         if self.node_id == NO_NODE {
@@ -572,7 +578,14 @@ impl Transport {
                 add(&peer.counters.dropped_fault, envelopes.len());
                 return Ok(());
             }
-            LinkFault::Delay(delay) => Some(Instant::now() + delay),
+            LinkFault::Delay(delay) => {
+                let now = Instant::now();
+                // A delay too large to represent means "never" for any practical purpose.
+                Some(
+                    now.checked_add(delay)
+                        .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400)),
+                )
+            }
         };
         let max_envelope_bytes = self.shared.cfg.max_envelope_bytes();
         let sizes: Vec<usize> = envelopes.iter().map(Envelope::encoded_len).collect();
@@ -854,6 +867,11 @@ async fn drive_connection(
                     add(&peer.counters.dropped_unsent, batch_msgs);
                     return Ended::Stop;
                 }
+                // A write blocked on a peer that stopped reading must not pin the old address.
+                _ = addr_rx.changed() => {
+                    add(&peer.counters.dropped_unsent, batch_msgs);
+                    return Ended::AddrChanged;
+                }
                 result = writer.write_all(&buf) => result,
             };
             if let Err(e) = result {
@@ -871,7 +889,7 @@ async fn drive_connection(
             }
             buf.clear();
         }
-        let (batch, next_ready) = peer.take_batch(cfg.max_batch_bytes, Instant::now());
+        let (batch, next_ready) = peer.take_batch(cfg.batch_budget_bytes(), Instant::now());
         if !batch.is_empty() {
             batch_msgs = batch.len();
             is_batch = true;
@@ -879,6 +897,8 @@ async fn drive_connection(
                 from: cfg.node_id,
                 envelopes: batch,
             };
+            // send() refuses envelopes over max_envelope_bytes and the budget keeps batches
+            // under it, so the receiver will not refuse the frame for its size.
             debug_assert!(frame.encoded_len() <= cfg.max_frame_bytes);
             encode_frame(&frame, &mut buf);
             continue;

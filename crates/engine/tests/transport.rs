@@ -720,3 +720,32 @@ async fn dropping_the_last_handle_stops_the_transport() {
     wait_for_stats(&a, "a to notice", |s| !s.peers[&2].connected).await;
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn batches_stay_within_max_frame_bytes_even_when_max_batch_bytes_equals_it() {
+    init_tracing();
+    let small = |node| {
+        let mut cfg = config(node);
+        cfg.max_frame_bytes = 4096;
+        cfg.max_batch_bytes = 4096;
+        cfg
+    };
+    let (a, _a_rx) = start_with(small(1)).await;
+    let (b, mut b_rx) = start_with(small(2)).await;
+    a.set_peer(2, b.local_addr());
+    let sent: Vec<Envelope> = (0..1000).map(|seq| msg(seq % 50, 1, 2, seq)).collect();
+    for chunk in sent.chunks(100) {
+        a.send(2, chunk.to_vec()).unwrap();
+    }
+    let got = recv_n(&mut b_rx, sent.len()).await;
+    assert_eq!(got.into_iter().map(|(_, e)| e).collect::<Vec<_>>(), sent);
+    let stats = b.stats();
+    assert_eq!(stats.inbound_connections_failed, 0, "{stats:#?}");
+    let received = &stats.received[&1];
+    assert!(
+        received.frames > 1 && received.bytes <= received.frames * 4096,
+        "{received:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
