@@ -749,3 +749,32 @@ async fn batches_stay_within_max_frame_bytes_even_when_max_batch_bytes_equals_it
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn messages_queued_while_the_peer_is_unreachable_are_delivered_once_it_is() {
+    init_tracing();
+    let (a, _a_rx) = start(1).await;
+    a.set_peer(2, dead_addr().await);
+    let queued: Vec<Envelope> = (0..50).map(|seq| msg(seq % 5, 1, 2, seq)).collect();
+    for e in &queued {
+        a.send(2, vec![e.clone()]).unwrap();
+    }
+    wait_for_stats(&a, "a few failed connects", |s| {
+        s.peers[&2].connect_failures >= 3
+    })
+    .await;
+    assert_eq!(a.stats().peers[&2].queued_msgs, 50);
+
+    let (b, mut b_rx) = start(2).await;
+    a.set_peer(2, b.local_addr());
+    let got = recv_n(&mut b_rx, 50).await;
+    assert_eq!(got.into_iter().map(|(_, e)| e).collect::<Vec<_>>(), queued);
+    let stats = &a.stats().peers[&2];
+    assert_eq!(
+        (stats.dropped_queue_full, stats.dropped_unsent),
+        (0, 0),
+        "{stats:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
