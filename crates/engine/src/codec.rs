@@ -13,7 +13,7 @@
 //!     16    - payload
 //! ```
 //!
-//! The payload layouts are documented in `docs/transport.md` and in [`encode_frame`]. The
+//! The payload layouts are documented in `docs/transport.md` (byte tables). The
 //! encoding is canonical: every value has exactly one encoding, and the decoder refuses anything
 //! else (booleans other than 0/1, configuration sets not in strictly ascending order, trailing
 //! bytes), so a successfully decoded frame re-encodes to the same bytes.
@@ -21,7 +21,8 @@
 //! The decoder never panics on any input, checks the declared length against the caller's
 //! `max_frame_bytes` before waiting for (or allocating) the payload, and verifies the checksum
 //! before parsing a single payload byte. Entry and snapshot data are zero-copy slices of the
-//! received payload.
+//! received payload: cheap, but a retained entry keeps its whole frame's buffer alive, so a
+//! consumer that holds entries for long (an in-memory log) should copy them out.
 
 use std::collections::BTreeSet;
 

@@ -117,6 +117,14 @@ impl TransportConfig {
         if self.node_id == NO_NODE {
             return invalid("node_id must not be 0".into());
         }
+        if self.max_frame_bytes > u32::MAX as usize {
+            // The header's payload_len is a u32; larger frames cannot be expressed.
+            return invalid(format!(
+                "max_frame_bytes = {} exceeds the format's limit of {} bytes",
+                self.max_frame_bytes,
+                u32::MAX
+            ));
+        }
         if self.max_envelope_bytes() == 0 {
             return invalid(format!(
                 "max_frame_bytes = {} leaves no room for an envelope",
@@ -1233,5 +1241,9 @@ mod tests {
         let mut cfg = TransportConfig::new(1, 1);
         cfg.reconnect_backoff_min = Duration::from_secs(10);
         assert!(cfg.validate().is_err());
+        let mut cfg = TransportConfig::new(1, 1);
+        cfg.max_frame_bytes = 16;
+        cfg.max_batch_bytes = 16;
+        assert!(cfg.validate().is_err(), "no room for an envelope");
     }
 }
