@@ -309,6 +309,11 @@ impl NodeHost {
         self.inner.deliver(from, envelopes);
     }
 
+    /// A handle for the transport to deliver inbound batches (see `network::pump_inbound`).
+    pub fn inbound_sink(&self) -> crate::network::InboundSink {
+        crate::network::InboundSink(Arc::downgrade(&self.inner))
+    }
+
     /// Inbound batches dropped because the queue was full.
     pub fn dropped_inbound(&self) -> u64 {
         self.inner.dropped_inbound.load(Ordering::Relaxed)

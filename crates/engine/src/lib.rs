@@ -13,7 +13,9 @@
 //! - `apply`: apply workers running the state machines.
 //! - [`storage`]: the [`LogBackend`] seam (shared WAL, in-memory) and per-group logs.
 //! - [`network`]: the [`PeerNetwork`] seam and an in-process network for tests.
-//! - [`codec`]: envelopes (and the wire format of batches).
+//! - [`transport`]: the TCP peer transport — one outbound connection per peer with a bounded
+//!   queue, batching, reconnect with backoff; inbound accept loop; fault hooks for tests.
+//! - [`codec`]: the wire format — frames, the `Hello` handshake, batches of [`Envelope`]s.
 //! - [`state_machine`]: the [`StateMachine`] contract.
 #![warn(missing_docs)]
 // The engine does I/O by design: it owns threads, clocks (the tick timer) and sockets, so the
@@ -27,10 +29,12 @@ pub mod host;
 pub mod network;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;
 
 pub use codec::{Envelope, GroupId};
 pub use error::{EngineError, Result};
 pub use host::{Event, NodeHost, NodeHostConfig};
-pub use network::{LocalNetwork, PeerNetwork, SendError};
+pub use network::{pump_inbound, InboundSink, LocalNetwork, PeerNetwork, SendError};
 pub use state_machine::{AppliedEntry, StateMachine};
 pub use storage::{GroupLog, GroupWriteBatch, LogBackend, MemBackend, WalBackend};
+pub use transport::{Transport, TransportConfig};

@@ -1,7 +1,7 @@
 //! The node host's view of the peer network: a non-blocking `send` per destination node.
-//! Inbound batches are handed to [`crate::NodeHost::deliver`]. The TCP transport implements
-//! [`PeerNetwork`]; [`LocalNetwork`] connects node hosts in one process (tests), with a
-//! fault hook to cut links.
+//! Inbound batches are handed to [`crate::NodeHost::deliver`]. The TCP [`Transport`]
+//! implements [`PeerNetwork`] ([`pump_inbound`] feeds its inbound batches to a host);
+//! [`LocalNetwork`] connects node hosts in one process (tests), with a fault hook to cut links.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -10,18 +10,9 @@ use flotilla_raft::NodeId;
 
 use crate::codec::Envelope;
 use crate::host::NodeHostInner;
+use crate::transport::{Inbound, Transport};
 
-/// Why a batch was not accepted for sending.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendError {
-    /// No address is known for the node.
-    #[error("unknown peer {0}")]
-    UnknownPeer(NodeId),
-    /// The peer's bounded send queue is full (slow or unreachable peer).
-    #[error("send queue to peer {0} is full")]
-    QueueFull(NodeId),
-}
+pub use crate::transport::SendError;
 
 /// Sends batches of envelopes to peers.
 ///
@@ -110,7 +101,40 @@ impl PeerNetwork for LocalEndpoint {
                 host.deliver(self.id, envelopes);
                 Ok(())
             }
-            None => Err(SendError::UnknownPeer(to)),
+            None => Err(SendError::UnknownPeer { peer: to }),
+        }
+    }
+}
+
+impl PeerNetwork for Transport {
+    fn send(&self, to: NodeId, envelopes: Vec<Envelope>) -> Result<(), SendError> {
+        Transport::send(self, to, envelopes)
+    }
+}
+
+/// Hands every batch the transport receives to `host` until the transport stops. Spawn it
+/// on the runtime that runs the transport.
+pub async fn pump_inbound(host: InboundSink, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+    while let Some(batch) = inbound.recv().await {
+        if !host.deliver(batch.from, batch.envelopes) {
+            break; // the node host is gone
+        }
+    }
+}
+
+/// A handle that delivers inbound batches to a node host without keeping it alive.
+#[derive(Clone)]
+pub struct InboundSink(pub(crate) Weak<NodeHostInner>);
+
+impl InboundSink {
+    /// Delivers a batch; false once the node host is gone.
+    pub fn deliver(&self, from: NodeId, envelopes: Vec<Envelope>) -> bool {
+        match self.0.upgrade() {
+            Some(host) => {
+                host.deliver(from, envelopes);
+                true
+            }
+            None => false,
         }
     }
 }
