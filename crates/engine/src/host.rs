@@ -25,7 +25,7 @@ use crate::codec::{Envelope, GroupId};
 use crate::error::{EngineError, Result};
 use crate::network::PeerNetwork;
 use crate::state_machine::StateMachine;
-use crate::storage::{GroupStore, GroupWriteBatch, LogBackend};
+use crate::storage::{GroupLog, GroupWriteBatch, LogBackend};
 
 /// Node host configuration. Every bound is explicit.
 #[derive(Clone, Debug)]
@@ -512,7 +512,7 @@ impl Drop for NodeHost {
 }
 
 struct Group {
-    raw: RawNode<GroupStore>,
+    raw: RawNode<Box<dyn GroupLog>>,
     worker: usize,
     /// Configurations by the index they took effect at (to record with snapshots).
     confs: Vec<(Index, ConfState)>,
@@ -793,7 +793,7 @@ impl Loop {
                     return;
                 };
                 let conf = conf_at(&g.confs, index);
-                if let Err(e) = g.raw.store_mut().0.create_snapshot(index, conf, data) {
+                if let Err(e) = g.raw.store_mut().create_snapshot(index, conf, data) {
                     tracing::warn!(group, index, error = %e, "snapshot not saved");
                 }
                 // Keep only the configuration history the next snapshot can need.
@@ -819,7 +819,7 @@ impl Loop {
         let snap = store
             .snapshot()
             .map_err(|e| EngineError::Storage(e.to_string()))?;
-        let raw = RawNode::new(self.raft_config(group, snap.meta.index), GroupStore(store))
+        let raw = RawNode::new(self.raft_config(group, snap.meta.index), store)
             .map_err(|e| EngineError::from_raft(group, e))?;
         let worker = (group % self.workers.len() as u64) as usize;
         let task = ApplyTask::Add {
@@ -893,7 +893,7 @@ impl Loop {
             }
             let mut rd = group.raw.ready();
             if let Some(snap) = &rd.snapshot {
-                group.raw.store_mut().0.apply_snapshot(snap.clone())?;
+                group.raw.store_mut().apply_snapshot(snap.clone())?;
             }
             let active = !rd.entries.is_empty() || !rd.committed_entries.is_empty();
             if active || rd.soft_state.is_some() {

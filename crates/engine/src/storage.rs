@@ -57,30 +57,6 @@ pub trait LogBackend: Send + Sync + 'static {
     fn remove_group(&self, group: GroupId) -> Result<()>;
 }
 
-/// Adapter so a boxed [`GroupLog`] can back a `RawNode`.
-pub struct GroupStore(pub Box<dyn GroupLog>);
-
-impl Storage for GroupStore {
-    fn initial_state(&self) -> Result<(HardState, ConfState), StorageError> {
-        self.0.initial_state()
-    }
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        self.0.entries(lo, hi, max_bytes)
-    }
-    fn term(&self, index: Index) -> Result<Term, StorageError> {
-        self.0.term(index)
-    }
-    fn first_index(&self) -> Result<Index, StorageError> {
-        self.0.first_index()
-    }
-    fn last_index(&self) -> Result<Index, StorageError> {
-        self.0.last_index()
-    }
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        self.0.snapshot()
-    }
-}
-
 type MemGroups = Arc<Mutex<BTreeMap<GroupId, MemStorage>>>;
 
 /// In-memory backend. "Durable" means: survives a node host being dropped and started again
@@ -215,41 +191,16 @@ fn wal_err(e: flotilla_wal::Error) -> EngineError {
     EngineError::Storage(e.to_string())
 }
 
-struct WalGroupLog(flotilla_wal::WalGroup);
-
-impl Storage for WalGroupLog {
-    fn initial_state(&self) -> Result<(HardState, ConfState), StorageError> {
-        self.0.initial_state()
-    }
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        self.0.entries(lo, hi, max_bytes)
-    }
-    fn term(&self, index: Index) -> Result<Term, StorageError> {
-        self.0.term(index)
-    }
-    fn first_index(&self) -> Result<Index, StorageError> {
-        self.0.first_index()
-    }
-    fn last_index(&self) -> Result<Index, StorageError> {
-        self.0.last_index()
-    }
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        self.0.snapshot()
-    }
-}
-
-impl GroupLog for WalGroupLog {
+impl GroupLog for flotilla_wal::WalGroup {
     fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
-        self.0.apply_snapshot(snapshot).map_err(wal_err)
+        flotilla_wal::WalGroup::apply_snapshot(self, snapshot).map_err(wal_err)
     }
 
     fn create_snapshot(&mut self, index: Index, conf_state: ConfState, data: Bytes) -> Result<()> {
-        if index <= self.0.wal().snapshot_meta(self.0.id()).index {
-            return Ok(());
+        if index <= self.wal().snapshot_meta(self.id()).index {
+            return Ok(()); // already covered by a newer snapshot
         }
-        self.0
-            .create_snapshot(index, conf_state, data)
-            .map_err(wal_err)
+        flotilla_wal::WalGroup::create_snapshot(self, index, conf_state, data).map_err(wal_err)
     }
 }
 
@@ -268,7 +219,7 @@ impl LogBackend for WalBackend {
         if let (true, Some(conf)) = (fresh, bootstrap) {
             handle.bootstrap(conf.clone()).map_err(wal_err)?;
         }
-        Ok(Box::new(WalGroupLog(handle)))
+        Ok(Box::new(handle))
     }
 
     fn persist(&self, writes: Vec<GroupWriteBatch>) -> Result<()> {

@@ -59,6 +59,29 @@ pub trait Storage {
     fn snapshot(&self) -> Result<Snapshot, StorageError>;
 }
 
+/// A boxed storage (e.g. `Box<dyn SomeStorageTrait>`) is a storage, so hosts can choose the
+/// backend per group at run time.
+impl<S: Storage + ?Sized> Storage for Box<S> {
+    fn initial_state(&self) -> Result<(HardState, ConfState), StorageError> {
+        (**self).initial_state()
+    }
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        (**self).entries(lo, hi, max_bytes)
+    }
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        (**self).term(index)
+    }
+    fn first_index(&self) -> Result<Index, StorageError> {
+        (**self).first_index()
+    }
+    fn last_index(&self) -> Result<Index, StorageError> {
+        (**self).last_index()
+    }
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        (**self).snapshot()
+    }
+}
+
 /// Takes entries from `iter` while their cumulative size stays within `max_bytes`, always
 /// taking the first. Shared by storage backends so they bound reads the same way.
 pub fn limit_size(entries: &mut Vec<Entry>, max_bytes: u64) {

@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::kv::{fnv1a, Command, Registers, WriteOp, WriteResult};
 use crate::linearizability::{KvInput, KvOutput, Operation};
-use crate::store::{MemStores, Store, StoreFactory};
+use crate::store::{MemStores, SimStore, StoreFactory};
 
 /// Knobs of one simulated cluster.
 #[derive(Clone, Debug)]
@@ -131,7 +131,7 @@ enum Input {
 /// One simulated server.
 pub struct SimNode {
     /// Running core; `None` while crashed.
-    raw: Option<RawNode<Store>>,
+    raw: Option<RawNode<Box<dyn SimStore>>>,
     /// Initial membership for the first start (None for nodes added later).
     bootstrap: Option<ConfState>,
     incarnation: u64,
@@ -326,7 +326,7 @@ impl Sim {
             return;
         }
         let bootstrap = node.bootstrap.take();
-        let store = Store(self.stores.open(id, bootstrap.as_ref()));
+        let store = self.stores.open(id, bootstrap.as_ref());
         let snap = store.snapshot().expect("storage readable");
         let cfg = self.raft_config(id, snap.meta.index);
         let node = self.nodes.get_mut(&id).expect("known node");
@@ -357,7 +357,7 @@ impl Sim {
             return;
         };
         let Some(raw) = node.raw.take() else { return };
-        self.stores.crash(id, raw.into_store().0);
+        self.stores.crash(id, raw.into_store());
         let node = self.nodes.get_mut(&id).expect("known node");
         node.inbox.clear();
         node.in_ready = None;
@@ -636,7 +636,7 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("known node");
         let rd = node.in_ready.take().expect("a ready in progress");
         let raw = node.raw.as_mut().expect("up");
-        let store = &mut raw.store_mut().0;
+        let store = raw.store_mut();
         if let Some(s) = &rd.snapshot {
             store.apply_snapshot(s.clone());
         }
@@ -794,7 +794,7 @@ impl Sim {
         if node.applied >= first + self.cfg.snapshot_every {
             let conf = raw.conf_state().clone();
             let data = node.sm.encode();
-            raw.store_mut().0.create_snapshot(node.applied, conf, data);
+            raw.store_mut().create_snapshot(node.applied, conf, data);
         }
     }
 

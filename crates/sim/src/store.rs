@@ -5,9 +5,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use flotilla_raft::{
-    ConfState, Entry, HardState, Index, MemStorage, NodeId, Snapshot, Storage, StorageError, Term,
-};
+use flotilla_raft::{ConfState, Entry, HardState, Index, MemStorage, NodeId, Snapshot, Storage};
 
 /// Durable storage of one simulated node: the raft `Storage` plus the writes a host makes.
 ///
@@ -74,29 +72,5 @@ impl StoreFactory for MemStores {
             .downcast::<MemStorage>()
             .expect("MemStores opens MemStorage");
         self.parked.insert(id, *mem);
-    }
-}
-
-/// Adapter so a boxed [`SimStore`] can back a `RawNode`.
-pub struct Store(pub Box<dyn SimStore>);
-
-impl Storage for Store {
-    fn initial_state(&self) -> Result<(HardState, ConfState), StorageError> {
-        self.0.initial_state()
-    }
-    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        self.0.entries(lo, hi, max_bytes)
-    }
-    fn term(&self, index: Index) -> Result<Term, StorageError> {
-        self.0.term(index)
-    }
-    fn first_index(&self) -> Result<Index, StorageError> {
-        self.0.first_index()
-    }
-    fn last_index(&self) -> Result<Index, StorageError> {
-        self.0.last_index()
-    }
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        self.0.snapshot()
     }
 }
