@@ -925,7 +925,14 @@ impl Loop {
         let mut unreachable = Vec::new();
         for (to, envs) in outbox {
             let groups: BTreeSet<GroupId> = envs.iter().map(|e| e.group).collect();
-            if self.net.send(to, envs).is_err() {
+            if let Err(e) = self.net.send(to, envs) {
+                // A message that can never fit a frame (a snapshot over the transport's limit)
+                // would be retried forever: say so loudly. Full queues are routine.
+                if matches!(e, crate::network::SendError::TooLarge { .. }) {
+                    tracing::error!(peer = to, error = %e, "message can never be sent");
+                } else {
+                    tracing::debug!(peer = to, error = %e, "send refused");
+                }
                 unreachable.extend(groups.into_iter().map(|g| (g, to)));
             }
         }
