@@ -31,9 +31,9 @@ pub mod state_machine;
 pub mod storage;
 pub mod transport;
 
-pub use codec::{Envelope, GroupId};
+pub use codec::{Envelope, GroupId, SnapshotAck, SnapshotChunk, StreamMsg};
 pub use error::{EngineError, Result};
-pub use host::{Event, NodeHost, NodeHostConfig};
+pub use host::{Event, NodeHost, NodeHostConfig, SnapshotStreamStats};
 pub use network::{pump_inbound, InboundSink, LocalNetwork, PeerNetwork, SendError};
 pub use state_machine::{AppliedEntry, StateMachine};
 pub use storage::{GroupLog, GroupWriteBatch, LogBackend, MemBackend, WalBackend};
