@@ -1072,9 +1072,7 @@ mod tests {
         let mut buf = raw_frame(KIND_SNAPSHOT_ACK, &[0; 16]);
         assert_eq!(
             decode_frame(&mut buf, MAX),
-            Err(CodecError::Truncated {
-                field: "ack.term"
-            })
+            Err(CodecError::Truncated { field: "ack.term" })
         );
     }
 
@@ -1485,7 +1483,14 @@ mod tests {
             ),
             (any::<u64>(), prop::collection::vec(arb_envelope(), 0..12))
                 .prop_map(|(from, envelopes)| Frame::Batch { from, envelopes }),
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), arb_bytes(), 0u64..64)
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                arb_bytes(),
+                0u64..64
+            )
                 .prop_map(|(from, group, term, index, data, extra)| {
                     let msg = if index % 2 == 0 {
                         StreamMsg::Ack(SnapshotAck {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use flotilla_raft::{
-    ConfChangeOp, ConfState, Config, EntryKind, Index, Message, MessageBody, NodeId, RawNode,
-    Role, Snapshot, SnapshotMeta, Status, Term, NO_NODE,
+    ConfChangeOp, ConfState, Config, EntryKind, Index, Message, MessageBody, NodeId, RawNode, Role,
+    Snapshot, SnapshotMeta, Status, Term, NO_NODE,
 };
 use tokio::sync::{broadcast, oneshot, Semaphore};
 
@@ -334,7 +334,11 @@ impl NodeHostInner {
     /// Hands a snapshot-stream message to the consensus thread; drops it if the queue is
     /// full (the stream retransmits).
     pub(crate) fn deliver_stream(&self, from: NodeId, msg: StreamMsg) {
-        if self.inbound_tx.try_send((from, InMsg::Stream(msg))).is_err() {
+        if self
+            .inbound_tx
+            .try_send((from, InMsg::Stream(msg)))
+            .is_err()
+        {
             self.dropped_inbound.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -601,7 +601,12 @@ impl Transport {
             envelope_bytes: frame_bytes,
             max_envelope_bytes: max_frame_bytes,
         });
-        self.enqueue(to, vec![Outgoing::Stream(msg)], vec![frame_bytes], too_large)
+        self.enqueue(
+            to,
+            vec![Outgoing::Stream(msg)],
+            vec![frame_bytes],
+            too_large,
+        )
     }
 
     /// All or nothing: checks the peer, the link fault, `too_large`, then the queue bounds.
@@ -801,8 +806,7 @@ impl Peer {
     fn take_stream(&self, now: Instant) -> Option<StreamMsg> {
         let mut queue = lock(&self.queue);
         let head = queue.items.front()?;
-        if !matches!(head.item, Outgoing::Stream(_)) || head.not_before.is_some_and(|at| at > now)
-        {
+        if !matches!(head.item, Outgoing::Stream(_)) || head.not_before.is_some_and(|at| at > now) {
             return None;
         }
         let item = queue.items.pop_front().expect("front exists");

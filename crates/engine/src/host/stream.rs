@@ -51,7 +51,8 @@ impl Loop {
             unreachable!("only snapshot messages are streamed");
         };
         if let Some(s) = self.out_streams.get(&key) {
-            if s.term == msg.term && same_snapshot(&s.snapshot.meta, snapshot.meta.index, snapshot.meta.term)
+            if s.term == msg.term
+                && same_snapshot(&s.snapshot.meta, snapshot.meta.index, snapshot.meta.term)
             {
                 // The core re-sent the snapshot it is already streaming (its wait for the
                 // snapshot timed out): keep the stream and its progress.
@@ -183,7 +184,12 @@ impl Loop {
         }
         let total = s.snapshot.data.len() as u64;
         if ack.received_offset >= total {
-            tracing::info!(group = ack.group, peer = from, bytes = total, "snapshot streamed");
+            tracing::info!(
+                group = ack.group,
+                peer = from,
+                bytes = total,
+                "snapshot streamed"
+            );
             self.finish_stream(key, true);
             return;
         }
@@ -239,7 +245,12 @@ impl Loop {
                 if s.next > s.acked && s.acked > 0 {
                     bump(&self.stream_stats.resumed_from_offset, 1);
                 }
-                tracing::debug!(group = key.0, peer = key.1, offset = s.acked, "resending snapshot chunks");
+                tracing::debug!(
+                    group = key.0,
+                    peer = key.1,
+                    offset = s.acked,
+                    "resending snapshot chunks"
+                );
                 s.next = s.acked;
                 self.pump_stream(key, now);
             }
@@ -335,7 +346,10 @@ impl Loop {
         // sender where to resume.
         let held = s.data.len() as u64;
         let total_len = s.total_len;
-        debug_assert!(held <= total_len, "the codec checks offset + len <= total_len");
+        debug_assert!(
+            held <= total_len,
+            "the codec checks offset + len <= total_len"
+        );
         self.send_ack(from, &chunk, held);
         if held < total_len {
             return;
@@ -343,7 +357,13 @@ impl Loop {
         let s = self.in_streams.remove(&key).expect("present");
         self.installed.insert(key, (index, term, s.total_len));
         bump(&self.stream_stats.snapshots_received, 1);
-        tracing::info!(group, peer = from, index, bytes = s.total_len, "snapshot received");
+        tracing::info!(
+            group,
+            peer = from,
+            index,
+            bytes = s.total_len,
+            "snapshot received"
+        );
         let msg = Message {
             from,
             to: s.to,
