@@ -4,7 +4,8 @@
 //! - **Outbound**: one TCP connection per remote peer, owned by one tokio task. [`Transport::send`]
 //!   puts envelopes on the peer's bounded queue and wakes the task, which writes everything
 //!   ready into as few frames as possible (one frame per wakeup, up to `max_batch_bytes`), so
-//!   messages of many groups share a frame. A connection is one-way: the receiver never writes
+//!   messages of many groups share a frame. [`Transport::send_stream`] queues a snapshot chunk
+//!   or ack on the same queue; it is written in a frame of its own. A connection is one-way: the receiver never writes
 //!   on it, so the writer reads its half only to notice that the peer closed it.
 //! - **Inbound**: an accept loop, bounded by a semaphore of `max_inbound_connections`, runs one
 //!   task per connection. The first frame must be a [`Hello`] naming this cluster and protocol
@@ -1285,6 +1286,42 @@ mod tests {
 
     fn seqs(batch: &[Envelope]) -> Vec<u64> {
         batch.iter().map(|e| e.group).collect()
+    }
+
+    #[test]
+    fn stream_messages_leave_the_queue_alone_and_in_order() {
+        let peer = test_peer();
+        push(&peer, 1, None);
+        let ack = StreamMsg::Ack(crate::codec::SnapshotAck {
+            group: 9,
+            term: 1,
+            snapshot_index: 5,
+            snapshot_term: 1,
+            received_offset: 0,
+        });
+        {
+            let mut q = lock(&peer.queue);
+            let bytes = ack.frame_len();
+            q.items.push_back(Queued {
+                item: Outgoing::Stream(ack.clone()),
+                bytes,
+                not_before: None,
+            });
+            q.bytes += bytes;
+        }
+        push(&peer, 2, None);
+        let now = Instant::now();
+        assert_eq!(peer.take_stream(now), None, "an envelope is ahead of it");
+        let (batch, wait) = peer.take_batch(1 << 20, now);
+        assert_eq!(
+            (seqs(&batch), wait),
+            (vec![1], None),
+            "the batch stops at it"
+        );
+        assert_eq!(peer.take_stream(now), Some(ack));
+        let (batch, _) = peer.take_batch(1 << 20, now);
+        assert_eq!(seqs(&batch), vec![2]);
+        assert_eq!(lock(&peer.queue).bytes, 0);
     }
 
     #[test]
