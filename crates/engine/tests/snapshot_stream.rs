@@ -191,6 +191,32 @@ async fn a_stream_cut_midway_resumes_from_the_acknowledged_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_restarted_mid_stream_gets_the_snapshot_from_offset_zero() {
+    let (mut c, mut acked) = Local::with_big_snapshot(120).await;
+    let leader = c.leader().await;
+    c.start(cfg(4), None).await;
+    c.net.cut_after_chunks(leader, 4, 8);
+    c.hosts[&leader].add_learner(GROUP, 4).await.unwrap();
+    let h = &c.hosts[&leader];
+    until("the stream stalls at the cut", || {
+        h.snapshot_stream_stats().resumed_from_offset >= 1
+    })
+    .await;
+    // The learner crashes and comes back empty: its partial image is gone.
+    c.hosts.remove(&4);
+    c.start(cfg(4), None).await;
+    c.net.heal();
+    acked.push(c.propose(Bytes::from_static(b"after")).await);
+    c.assert_converged(&acked).await;
+    let sent = c.hosts[&leader].snapshot_stream_stats();
+    assert!(
+        sent.restarted_from_zero >= 1,
+        "the new receiver acked 0, so the sender started over: {sent:?}"
+    );
+    assert_eq!(c.hosts[&4].snapshot_stream_stats().snapshots_received, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_over_max_snapshot_bytes_is_refused_harmlessly() {
     let (mut c, mut acked) = Local::with_big_snapshot(60).await;
     let leader = c.leader().await;
