@@ -35,6 +35,9 @@ pub(crate) struct InStream {
     meta: SnapshotMeta,
     total_len: u64,
     data: BytesMut,
+    /// When the last chunk arrived: a stream silent for `snapshot_stream_timeout` is
+    /// dropped (its sender gave up or is no longer leader), freeing its buffer.
+    last_chunk: Instant,
 }
 
 fn same_snapshot(a: &SnapshotMeta, index: Index, term: Term) -> bool {
@@ -215,6 +218,7 @@ impl Loop {
 
     /// Per tick: abandons stalled streams, retransmits from the acknowledged offset.
     pub(super) fn tick_streams(&mut self, now: Instant) {
+        self.expire_in_streams(now);
         let retransmit = self.cfg.tick_interval * self.cfg.snapshot_retransmit_ticks;
         let keys: Vec<(GroupId, NodeId)> = self.out_streams.keys().copied().collect();
         for key in keys {
@@ -257,6 +261,23 @@ impl Loop {
         }
     }
 
+    /// Frees the buffers of incoming streams whose sender went quiet.
+    fn expire_in_streams(&mut self, now: Instant) {
+        let timeout = self.cfg.snapshot_stream_timeout;
+        self.in_streams.retain(|&(group, from), s| {
+            let alive = now.saturating_duration_since(s.last_chunk) < timeout;
+            if !alive {
+                tracing::warn!(
+                    group,
+                    peer = from,
+                    held = s.data.len(),
+                    "incoming snapshot stream went quiet; dropping its buffer"
+                );
+            }
+            alive
+        });
+    }
+
     /// Forgets every stream of a stopped group.
     pub(super) fn drop_streams(&mut self, group: GroupId) {
         self.out_streams.retain(|k, _| k.0 != group);
@@ -282,8 +303,8 @@ impl Loop {
         bump(&self.stream_stats.chunks_received, 1);
         let group = chunk.group;
         let key = (group, from);
-        if !self.groups.contains_key(&group) {
-            return; // the leader will time the stream out
+        if !self.groups.contains_key(&group) || chunk.to != self.cfg.node_id {
+            return; // not ours: the leader will time the stream out
         }
         let (index, term) = (chunk.meta.index, chunk.meta.term);
         if let Some(&(i, t, len)) = self.installed.get(&key) {
@@ -334,11 +355,14 @@ impl Loop {
                 term: chunk.term,
                 meta: chunk.meta.clone(),
                 total_len: chunk.total_len,
-                data: BytesMut::with_capacity(chunk.total_len as usize),
+                // Grown as chunks arrive, not reserved from a peer's claim.
+                data: BytesMut::new(),
+                last_chunk: Instant::now(),
             };
             self.in_streams.insert(key, stream);
         }
         let s = self.in_streams.get_mut(&key).expect("present");
+        s.last_chunk = Instant::now();
         if chunk.offset == s.data.len() as u64 {
             s.data.extend_from_slice(&chunk.data);
         }
