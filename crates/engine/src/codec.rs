@@ -6,7 +6,7 @@
 //! offset size field
 //!      0    4 magic        b"FLTP"
 //!      4    1 version      FRAME_VERSION (1)
-//!      5    1 kind         1 = Hello, 2 = Batch
+//!      5    1 kind         1 = Hello, 2 = Batch, 3 = SnapshotChunk, 4 = SnapshotAck
 //!      6    2 reserved     must be 0
 //!      8    4 payload_len  bytes after the header
 //!     12    4 crc32c       CRC-32C (Castagnoli) of the payload
@@ -48,6 +48,8 @@ pub const BATCH_OVERHEAD_BYTES: usize = 8 + 4;
 
 const KIND_HELLO: u8 = 1;
 const KIND_BATCH: u8 = 2;
+const KIND_SNAPSHOT_CHUNK: u8 = 3;
+const KIND_SNAPSHOT_ACK: u8 = 4;
 
 const TAG_PRE_VOTE: u8 = 1;
 const TAG_PRE_VOTE_RESP: u8 = 2;
@@ -86,6 +88,78 @@ impl Envelope {
     }
 }
 
+/// One piece of a snapshot streamed from a group's leader to one replica (see
+/// `docs/engine.md`, "Snapshot streaming"). The receiver reassembles `total_len` bytes in
+/// offset order and then steps the whole `Snapshot` message into the group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The group.
+    pub group: GroupId,
+    /// The receiving replica (the reassembled message's `to`).
+    pub to: NodeId,
+    /// The leader's term when it sent the snapshot (the reassembled message's `term`).
+    pub term: u64,
+    /// Position and configuration of the snapshot (identical in every chunk of a stream).
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the snapshot image.
+    pub offset: u64,
+    /// Length of the whole image.
+    pub total_len: u64,
+    /// The bytes `offset..offset + data.len()` of the image.
+    pub data: Bytes,
+}
+
+/// The receiver's answer to a [`SnapshotChunk`]: how much of the stream it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotAck {
+    /// The group.
+    pub group: GroupId,
+    /// The term of the chunk being answered.
+    pub term: u64,
+    /// Index of the snapshot being streamed.
+    pub snapshot_index: u64,
+    /// Term of the snapshot being streamed.
+    pub snapshot_term: u64,
+    /// Bytes of the image held, contiguous from 0 (`total_len` once complete); the sender
+    /// resumes from here.
+    pub received_offset: u64,
+}
+
+/// A snapshot-streaming message: travels in its own frame, outside Raft batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamMsg {
+    /// Leader to replica.
+    Chunk(SnapshotChunk),
+    /// Replica to leader.
+    Ack(SnapshotAck),
+}
+
+impl StreamMsg {
+    /// The group the message belongs to.
+    pub fn group(&self) -> GroupId {
+        match self {
+            StreamMsg::Chunk(c) => c.group,
+            StreamMsg::Ack(a) => a.group,
+        }
+    }
+
+    /// Exact size of the frame that carries this message, header included.
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER_BYTES + 8 + stream_body_len(self)
+    }
+}
+
+fn stream_body_len(msg: &StreamMsg) -> usize {
+    match msg {
+        StreamMsg::Chunk(c) => {
+            let cs = &c.meta.conf_state;
+            let ids = cs.voters.len() + cs.outgoing.len() + cs.learners.len();
+            8 + 8 + 8 + (8 + 8 + 3 * 4 + 8 * ids) + 8 + 8 + 4 + c.data.len()
+        }
+        StreamMsg::Ack(_) => 8 * 5,
+    }
+}
+
 /// The first frame on every connection: who is calling and which cluster and protocol it
 /// speaks. The receiver refuses the connection if either does not match.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +184,13 @@ pub enum Frame {
         /// The messages, in the order they were sent.
         envelopes: Vec<Envelope>,
     },
+    /// One snapshot-streaming message from one node.
+    Stream {
+        /// The sending node (must equal the connection's `Hello::from`).
+        from: NodeId,
+        /// The chunk or ack.
+        msg: StreamMsg,
+    },
 }
 
 impl Frame {
@@ -118,6 +199,14 @@ impl Frame {
         match self {
             Frame::Hello(_) => "Hello",
             Frame::Batch { .. } => "Batch",
+            Frame::Stream {
+                msg: StreamMsg::Chunk(_),
+                ..
+            } => "SnapshotChunk",
+            Frame::Stream {
+                msg: StreamMsg::Ack(_),
+                ..
+            } => "SnapshotAck",
         }
     }
 
@@ -227,6 +316,14 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
     out.put_u8(match frame {
         Frame::Hello(_) => KIND_HELLO,
         Frame::Batch { .. } => KIND_BATCH,
+        Frame::Stream {
+            msg: StreamMsg::Chunk(_),
+            ..
+        } => KIND_SNAPSHOT_CHUNK,
+        Frame::Stream {
+            msg: StreamMsg::Ack(_),
+            ..
+        } => KIND_SNAPSHOT_ACK,
     });
     out.put_u16_le(0);
     out.put_u32_le(payload_len_u32);
@@ -243,6 +340,28 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             out.put_u32_le(len_u32(envelopes.len()));
             for env in envelopes {
                 encode_envelope(env, out);
+            }
+        }
+        Frame::Stream { from, msg } => {
+            out.put_u64_le(*from);
+            match msg {
+                StreamMsg::Chunk(c) => {
+                    out.put_u64_le(c.group);
+                    out.put_u64_le(c.to);
+                    out.put_u64_le(c.term);
+                    encode_meta(&c.meta, out);
+                    out.put_u64_le(c.offset);
+                    out.put_u64_le(c.total_len);
+                    out.put_u32_le(len_u32(c.data.len()));
+                    out.put_slice(&c.data);
+                }
+                StreamMsg::Ack(a) => {
+                    out.put_u64_le(a.group);
+                    out.put_u64_le(a.term);
+                    out.put_u64_le(a.snapshot_index);
+                    out.put_u64_le(a.snapshot_term);
+                    out.put_u64_le(a.received_offset);
+                }
             }
         }
     }
@@ -265,7 +384,37 @@ fn payload_len(frame: &Frame) -> usize {
         Frame::Batch { envelopes, .. } => {
             BATCH_OVERHEAD_BYTES + envelopes.iter().map(Envelope::encoded_len).sum::<usize>()
         }
+        Frame::Stream { msg, .. } => 8 + stream_body_len(msg),
     }
+}
+
+fn encode_meta(meta: &SnapshotMeta, out: &mut BytesMut) {
+    out.put_u64_le(meta.index);
+    out.put_u64_le(meta.term);
+    let cs = &meta.conf_state;
+    for set in [&cs.voters, &cs.outgoing, &cs.learners] {
+        out.put_u32_le(len_u32(set.len()));
+        for id in set {
+            out.put_u64_le(*id);
+        }
+    }
+}
+
+fn decode_meta(r: &mut Reader) -> Result<SnapshotMeta, CodecError> {
+    let index = r.u64("snapshot.index")?;
+    let term = r.u64("snapshot.term")?;
+    let voters = r.id_set("snapshot.conf_state.voters")?;
+    let outgoing = r.id_set("snapshot.conf_state.outgoing")?;
+    let learners = r.id_set("snapshot.conf_state.learners")?;
+    Ok(SnapshotMeta {
+        index,
+        term,
+        conf_state: ConfState {
+            voters,
+            outgoing,
+            learners,
+        },
+    })
 }
 
 fn body_len(body: &MessageBody) -> usize {
@@ -373,15 +522,7 @@ fn encode_envelope(env: &Envelope, out: &mut BytesMut) {
         }
         MessageBody::Snapshot { snapshot } => {
             out.put_u8(TAG_SNAPSHOT);
-            out.put_u64_le(snapshot.meta.index);
-            out.put_u64_le(snapshot.meta.term);
-            let cs = &snapshot.meta.conf_state;
-            for set in [&cs.voters, &cs.outgoing, &cs.learners] {
-                out.put_u32_le(len_u32(set.len()));
-                for id in set {
-                    out.put_u64_le(*id);
-                }
-            }
+            encode_meta(&snapshot.meta, out);
             out.put_u32_le(len_u32(snapshot.data.len()));
             out.put_slice(&snapshot.data);
         }
@@ -432,7 +573,7 @@ pub fn decode_frame(
         return Ok(None);
     }
     let kind = buf[5];
-    if kind != KIND_HELLO && kind != KIND_BATCH {
+    if !(KIND_HELLO..=KIND_SNAPSHOT_ACK).contains(&kind) {
         return Err(CodecError::UnknownKind { found: kind });
     }
     let reserved = u16::from_le_bytes([buf[6], buf[7]]);
@@ -469,6 +610,39 @@ pub fn decode_frame(
             from: r.u64("hello.from")?,
             protocol_version: r.u32("hello.protocol_version")?,
         }),
+        KIND_SNAPSHOT_CHUNK => {
+            let from = r.u64("chunk.from")?;
+            let chunk = SnapshotChunk {
+                group: r.u64("chunk.group")?,
+                to: r.u64("chunk.to")?,
+                term: r.u64("chunk.term")?,
+                meta: decode_meta(&mut r)?,
+                offset: r.u64("chunk.offset")?,
+                total_len: r.u64("chunk.total_len")?,
+                data: r.blob("chunk.data")?,
+            };
+            let end = chunk.offset.checked_add(chunk.data.len() as u64);
+            if !matches!(end, Some(end) if end <= chunk.total_len) {
+                return Err(CodecError::InvalidValue {
+                    field: "chunk.offset",
+                    found: chunk.offset,
+                });
+            }
+            Frame::Stream {
+                from,
+                msg: StreamMsg::Chunk(chunk),
+            }
+        }
+        KIND_SNAPSHOT_ACK => Frame::Stream {
+            from: r.u64("ack.from")?,
+            msg: StreamMsg::Ack(SnapshotAck {
+                group: r.u64("ack.group")?,
+                term: r.u64("ack.term")?,
+                snapshot_index: r.u64("ack.snapshot_index")?,
+                snapshot_term: r.u64("ack.snapshot_term")?,
+                received_offset: r.u64("ack.received_offset")?,
+            }),
+        },
         _ => {
             let from = r.u64("batch.from")?;
             let count = r.u32("batch.count")? as usize;
@@ -633,25 +807,10 @@ fn decode_envelope(r: &mut Reader) -> Result<Envelope, CodecError> {
             read_seq: r.u64("heartbeat_resp.read_seq")?,
         },
         TAG_SNAPSHOT => {
-            let index = r.u64("snapshot.index")?;
-            let term = r.u64("snapshot.term")?;
-            let voters = r.id_set("snapshot.conf_state.voters")?;
-            let outgoing = r.id_set("snapshot.conf_state.outgoing")?;
-            let learners = r.id_set("snapshot.conf_state.learners")?;
+            let meta = decode_meta(r)?;
             let data = r.blob("snapshot.data")?;
             MessageBody::Snapshot {
-                snapshot: Snapshot {
-                    meta: SnapshotMeta {
-                        index,
-                        term,
-                        conf_state: ConfState {
-                            voters,
-                            outgoing,
-                            learners,
-                        },
-                    },
-                    data,
-                },
+                snapshot: Snapshot { meta, data },
             }
         }
         TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
@@ -844,6 +1003,96 @@ mod tests {
         let mut buf = encode(&frame);
         assert_eq!(buf.len(), frame.encoded_len());
         assert_eq!(decode_frame(&mut buf, MAX), Ok(Some(frame)));
+    }
+
+    fn chunk() -> StreamMsg {
+        StreamMsg::Chunk(SnapshotChunk {
+            group: 7,
+            to: 3,
+            term: 4,
+            meta: SnapshotMeta {
+                index: 100,
+                term: 3,
+                conf_state: ConfState {
+                    voters: [1, 2].into(),
+                    outgoing: BTreeSet::new(),
+                    learners: [3].into(),
+                },
+            },
+            offset: 10,
+            total_len: 30,
+            data: Bytes::from_static(b"0123456789"),
+        })
+    }
+
+    fn ack() -> StreamMsg {
+        StreamMsg::Ack(SnapshotAck {
+            group: 7,
+            term: 4,
+            snapshot_index: 100,
+            snapshot_term: 3,
+            received_offset: 20,
+        })
+    }
+
+    #[test]
+    fn snapshot_chunk_and_ack_round_trip_with_their_kinds() {
+        for (msg, kind) in [(chunk(), KIND_SNAPSHOT_CHUNK), (ack(), KIND_SNAPSHOT_ACK)] {
+            let frame = Frame::Stream { from: 1, msg };
+            let mut buf = encode(&frame);
+            assert_eq!(buf[5], kind);
+            assert_eq!(buf.len(), frame.encoded_len());
+            let Frame::Stream { msg, .. } = &frame else {
+                unreachable!()
+            };
+            assert_eq!(buf.len(), msg.frame_len());
+            assert_eq!(decode_frame(&mut buf, MAX), Ok(Some(frame)));
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn corrupted_or_truncated_stream_frames_are_refused() {
+        for msg in [chunk(), ack()] {
+            let frame = Frame::Stream { from: 1, msg };
+            let mut buf = encode(&frame);
+            let last = buf.len() - 1;
+            buf[last] ^= 0x40;
+            assert!(matches!(
+                decode_frame(&mut buf, MAX),
+                Err(CodecError::ChecksumMismatch { .. })
+            ));
+            let full = encode(&frame);
+            for len in 0..full.len() {
+                let mut buf = BytesMut::from(&full[..len]);
+                assert_eq!(decode_frame(&mut buf, MAX), Ok(None), "prefix {len}");
+            }
+        }
+        // A well-checksummed ack payload that stops early names the missing field.
+        let mut buf = raw_frame(KIND_SNAPSHOT_ACK, &[0; 16]);
+        assert_eq!(
+            decode_frame(&mut buf, MAX),
+            Err(CodecError::Truncated { field: "ack.term" })
+        );
+    }
+
+    #[test]
+    fn chunk_reaching_past_its_total_len_is_refused() {
+        let StreamMsg::Chunk(mut c) = chunk() else {
+            unreachable!()
+        };
+        c.total_len = 15; // offset 10 + 10 bytes of data > 15
+        let mut buf = encode(&Frame::Stream {
+            from: 1,
+            msg: StreamMsg::Chunk(c),
+        });
+        assert_eq!(
+            decode_frame(&mut buf, MAX),
+            Err(CodecError::InvalidValue {
+                field: "chunk.offset",
+                found: 10
+            })
+        );
     }
 
     #[test]
@@ -1234,6 +1483,40 @@ mod tests {
             ),
             (any::<u64>(), prop::collection::vec(arb_envelope(), 0..12))
                 .prop_map(|(from, envelopes)| Frame::Batch { from, envelopes }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                arb_bytes(),
+                0u64..64
+            )
+                .prop_map(|(from, group, term, index, data, extra)| {
+                    let msg = if index % 2 == 0 {
+                        StreamMsg::Ack(SnapshotAck {
+                            group,
+                            term,
+                            snapshot_index: index,
+                            snapshot_term: term / 2,
+                            received_offset: extra,
+                        })
+                    } else {
+                        StreamMsg::Chunk(SnapshotChunk {
+                            group,
+                            to: from ^ 1,
+                            term,
+                            meta: SnapshotMeta {
+                                index,
+                                term: term / 2,
+                                conf_state: ConfState::with_voters([1, 2, 3]),
+                            },
+                            offset: extra,
+                            total_len: extra + data.len() as u64 + extra,
+                            data,
+                        })
+                    };
+                    Frame::Stream { from, msg }
+                }),
         ]
     }
 
@@ -1258,7 +1541,7 @@ mod tests {
         }
 
         #[test]
-        fn random_bytes_behind_a_valid_header_never_panic(kind in 1u8..=2, payload in prop::collection::vec(any::<u8>(), 0..256)) {
+        fn random_bytes_behind_a_valid_header_never_panic(kind in 1u8..=4, payload in prop::collection::vec(any::<u8>(), 0..256)) {
             // A correct checksum gets random payloads past the CRC into the parser.
             let mut buf = raw_frame(kind, &payload);
             let _ = decode_frame(&mut buf, MAX);

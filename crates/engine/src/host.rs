@@ -13,19 +13,22 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use flotilla_raft::{
-    ConfChangeOp, ConfState, Config, EntryKind, Index, NodeId, RawNode, Role, Status, Term, NO_NODE,
+    ConfChangeOp, ConfState, Config, EntryKind, Index, Message, MessageBody, NodeId, RawNode, Role,
+    Snapshot, SnapshotMeta, Status, Term, NO_NODE,
 };
 use tokio::sync::{broadcast, oneshot, Semaphore};
 
 use crate::apply::{ApplyTask, Reply, Worker};
-use crate::codec::{Envelope, GroupId};
+use crate::codec::{Envelope, GroupId, SnapshotAck, SnapshotChunk, StreamMsg};
 use crate::error::{EngineError, Result};
 use crate::network::PeerNetwork;
 use crate::state_machine::StateMachine;
 use crate::storage::{GroupLog, GroupWriteBatch, LogBackend};
+
+mod stream;
 
 /// Node host configuration. Every bound is explicit.
 #[derive(Clone, Debug)]
@@ -64,6 +67,25 @@ pub struct NodeHostConfig {
     /// until any message or request for it arrives. 0 disables quiescing. The price: a
     /// quiesced group notices a dead leader only once something wakes it.
     pub quiesce_after_ticks: u32,
+    /// A snapshot whose image is larger than this is streamed in chunks of at most this many
+    /// bytes (each in its own frame: keep it below the transport's frame limit); smaller
+    /// ones travel whole in one message.
+    pub snapshot_chunk_bytes: usize,
+    /// Most unacknowledged chunks in flight per outgoing snapshot stream.
+    pub max_inflight_snapshot_chunks: usize,
+    /// An outgoing stream with no acknowledged progress for this long is abandoned (Raft is
+    /// told the snapshot failed and will try again).
+    pub snapshot_stream_timeout: Duration,
+    /// An outgoing stream that sent chunks and heard no ack for this many ticks re-sends from
+    /// the receiver's last acknowledged offset.
+    pub snapshot_retransmit_ticks: u32,
+    /// Most concurrent outgoing snapshot streams, and separately most incoming ones being
+    /// reassembled. Excess outgoing snapshots fail at once (Raft retries later); excess
+    /// incoming streams are refused.
+    pub max_snapshot_streams: usize,
+    /// Largest snapshot image this node accepts from a stream; larger ones are refused
+    /// with an error log (reassembly buffers at most this much per incoming stream).
+    pub max_snapshot_bytes: u64,
 }
 
 impl NodeHostConfig {
@@ -85,6 +107,12 @@ impl NodeHostConfig {
             max_uncommitted_bytes: 64 << 20,
             apply_workers: 2,
             quiesce_after_ticks: 100,
+            snapshot_chunk_bytes: 256 << 10,
+            max_inflight_snapshot_chunks: 4,
+            snapshot_stream_timeout: Duration::from_secs(10),
+            snapshot_retransmit_ticks: 3,
+            max_snapshot_streams: 8,
+            max_snapshot_bytes: 1 << 30,
         }
     }
 
@@ -104,6 +132,19 @@ impl NodeHostConfig {
         }
         if self.snapshot_interval_entries == 0 {
             return bad("snapshot_interval_entries must be >= 1");
+        }
+        if self.snapshot_chunk_bytes == 0
+            || self.max_inflight_snapshot_chunks == 0
+            || self.snapshot_retransmit_ticks == 0
+            || self.max_snapshot_streams == 0
+        {
+            return bad(
+                "snapshot_chunk_bytes, max_inflight_snapshot_chunks, snapshot_retransmit_ticks, \
+                 max_snapshot_streams must be >= 1",
+            );
+        }
+        if self.snapshot_stream_timeout.is_zero() {
+            return bad("snapshot_stream_timeout must be positive");
         }
         Ok(())
     }
@@ -142,6 +183,74 @@ pub enum Event {
         /// Applied index.
         index: Index,
     },
+}
+
+/// Counters of snapshot streaming on one node (see [`NodeHost::snapshot_stream_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStreamStats {
+    /// Outgoing streams started.
+    pub streams_started: u64,
+    /// Outgoing streams the receiver acknowledged completely.
+    pub streams_completed: u64,
+    /// Outgoing streams abandoned (timeout, too many streams, chunk too large) or dropped
+    /// (replaced by a newer snapshot, leadership lost).
+    pub streams_failed: u64,
+    /// Chunks handed to the network (retransmissions included).
+    pub chunks_sent: u64,
+    /// Bytes of snapshot data in those chunks.
+    pub chunk_bytes_sent: u64,
+    /// Retransmissions that resumed from a non-zero acknowledged offset.
+    pub resumed_from_offset: u64,
+    /// Times a stream re-sent its first chunk (a start over from offset 0).
+    pub restarted_from_zero: u64,
+    /// Chunks received (in order or not).
+    pub chunks_received: u64,
+    /// Snapshots reassembled and stepped into their group.
+    pub snapshots_received: u64,
+    /// Incoming streams refused (over `max_snapshot_bytes`, or too many at once).
+    pub snapshots_refused: u64,
+}
+
+#[derive(Default)]
+struct StreamCounters {
+    streams_started: AtomicU64,
+    streams_completed: AtomicU64,
+    streams_failed: AtomicU64,
+    chunks_sent: AtomicU64,
+    chunk_bytes_sent: AtomicU64,
+    resumed_from_offset: AtomicU64,
+    restarted_from_zero: AtomicU64,
+    chunks_received: AtomicU64,
+    snapshots_received: AtomicU64,
+    snapshots_refused: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl StreamCounters {
+    fn get(&self) -> SnapshotStreamStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SnapshotStreamStats {
+            streams_started: g(&self.streams_started),
+            streams_completed: g(&self.streams_completed),
+            streams_failed: g(&self.streams_failed),
+            chunks_sent: g(&self.chunks_sent),
+            chunk_bytes_sent: g(&self.chunk_bytes_sent),
+            resumed_from_offset: g(&self.resumed_from_offset),
+            restarted_from_zero: g(&self.restarted_from_zero),
+            chunks_received: g(&self.chunks_received),
+            snapshots_received: g(&self.snapshots_received),
+            snapshots_refused: g(&self.snapshots_refused),
+        }
+    }
+}
+
+/// What peers send the consensus thread.
+pub(crate) enum InMsg {
+    Batch(Vec<Envelope>),
+    Stream(StreamMsg),
 }
 
 /// Cheap, lock-protected facts readable without a round trip to the consensus thread.
@@ -201,7 +310,8 @@ pub(crate) enum Cmd {
 pub(crate) struct NodeHostInner {
     node_id: NodeId,
     cmd_tx: Sender<Cmd>,
-    inbound_tx: Sender<(NodeId, Vec<Envelope>)>,
+    inbound_tx: Sender<(NodeId, InMsg)>,
+    stream_stats: Arc<StreamCounters>,
     info: RwLock<BTreeMap<GroupId, GroupInfo>>,
     events: broadcast::Sender<Event>,
     permits: Semaphore,
@@ -212,7 +322,23 @@ pub(crate) struct NodeHostInner {
 impl NodeHostInner {
     /// Hands an inbound batch to the consensus thread; drops it if the queue is full.
     pub(crate) fn deliver(&self, from: NodeId, envelopes: Vec<Envelope>) {
-        if self.inbound_tx.try_send((from, envelopes)).is_err() {
+        if self
+            .inbound_tx
+            .try_send((from, InMsg::Batch(envelopes)))
+            .is_err()
+        {
+            self.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands a snapshot-stream message to the consensus thread; drops it if the queue is
+    /// full (the stream retransmits).
+    pub(crate) fn deliver_stream(&self, from: NodeId, msg: StreamMsg) {
+        if self
+            .inbound_tx
+            .try_send((from, InMsg::Stream(msg)))
+            .is_err()
+        {
             self.dropped_inbound.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -243,6 +369,7 @@ impl NodeHost {
             node_id: cfg.node_id,
             cmd_tx: cmd_tx.clone(),
             inbound_tx,
+            stream_stats: Arc::new(StreamCounters::default()),
             info: RwLock::new(BTreeMap::new()),
             events,
             permits: Semaphore::new(cfg.max_pending_requests),
@@ -282,6 +409,10 @@ impl NodeHost {
             next_read_id: 1,
             workers,
             info: BTreeMap::new(),
+            stream_stats: inner.stream_stats.clone(),
+            out_streams: BTreeMap::new(),
+            in_streams: BTreeMap::new(),
+            installed: BTreeMap::new(),
         };
         let name = format!("flotilla-raft-{}", cfg.node_id);
         let t = std::thread::Builder::new()
@@ -312,6 +443,16 @@ impl NodeHost {
     /// A handle for the transport to deliver inbound batches (see `network::pump_inbound`).
     pub fn inbound_sink(&self) -> crate::network::InboundSink {
         crate::network::InboundSink(Arc::downgrade(&self.inner))
+    }
+
+    /// Hands a snapshot-stream message received from peer `from` to the groups.
+    pub fn deliver_stream(&self, from: NodeId, msg: StreamMsg) {
+        self.inner.deliver_stream(from, msg);
+    }
+
+    /// Snapshot streaming counters of this node.
+    pub fn snapshot_stream_stats(&self) -> SnapshotStreamStats {
+        self.inner.stream_stats.get()
     }
 
     /// Inbound batches dropped because the queue was full.
@@ -536,10 +677,18 @@ struct Loop {
     next_read_id: u64,
     workers: Vec<Sender<ApplyTask>>,
     info: BTreeMap<GroupId, GroupInfo>,
+    stream_stats: Arc<StreamCounters>,
+    /// Snapshots being streamed to replicas, by (group, receiving node).
+    out_streams: BTreeMap<(GroupId, NodeId), stream::OutStream>,
+    /// Snapshots being reassembled, by (group, sending node).
+    in_streams: BTreeMap<(GroupId, NodeId), stream::InStream>,
+    /// The last snapshot each (group, sending node) streamed here completely: (index, term,
+    /// length), so a retransmitted chunk of it is answered "complete" instead of "offset 0".
+    installed: BTreeMap<(GroupId, NodeId), (Index, Term, u64)>,
 }
 
 impl Loop {
-    fn run(mut self, cmd_rx: Receiver<Cmd>, inbound_rx: Receiver<(NodeId, Vec<Envelope>)>) {
+    fn run(mut self, cmd_rx: Receiver<Cmd>, inbound_rx: Receiver<(NodeId, InMsg)>) {
         let tick = self.cfg.tick_interval;
         let mut next_tick = Instant::now() + tick;
         'outer: loop {
@@ -549,8 +698,8 @@ impl Loop {
                     Ok(Cmd::Shutdown) | Err(_) => break 'outer,
                     Ok(cmd) => self.handle(cmd),
                 },
-                recv(inbound_rx) -> batch => if let Ok((from, envs)) = batch {
-                    self.inbound(from, envs);
+                recv(inbound_rx) -> batch => if let Ok((from, msg)) = batch {
+                    self.inbound(from, msg);
                 },
                 default(wait) => {}
             }
@@ -562,8 +711,8 @@ impl Loop {
                     Err(_) => break,
                 }
             }
-            while let Ok((from, envs)) = inbound_rx.try_recv() {
-                self.inbound(from, envs);
+            while let Ok((from, msg)) = inbound_rx.try_recv() {
+                self.inbound(from, msg);
             }
             if Instant::now() >= next_tick {
                 next_tick += tick;
@@ -571,6 +720,7 @@ impl Loop {
                     next_tick = Instant::now() + tick; // we fell behind; don't burst
                 }
                 self.tick_all();
+                self.tick_streams(Instant::now());
             }
             for _ in 0..8 {
                 if self.dirty.is_empty() {
@@ -652,7 +802,12 @@ impl Loop {
         }
     }
 
-    fn inbound(&mut self, _from: NodeId, envs: Vec<Envelope>) {
+    fn inbound(&mut self, from: NodeId, msg: InMsg) {
+        let envs = match msg {
+            InMsg::Batch(envs) => envs,
+            InMsg::Stream(StreamMsg::Chunk(chunk)) => return self.on_chunk(from, chunk),
+            InMsg::Stream(StreamMsg::Ack(ack)) => return self.on_ack(from, ack, Instant::now()),
+        };
         for env in envs {
             let heartbeat = matches!(
                 env.msg.body,
@@ -711,6 +866,7 @@ impl Loop {
             Cmd::StopGroup { group, reply } => {
                 let res = match self.groups.remove(&group) {
                     Some(g) => {
+                        self.drop_streams(group);
                         let _ = self.workers[g.worker].send(ApplyTask::Remove { group });
                         self.info.remove(&group);
                         self.publish_info();
@@ -914,8 +1070,17 @@ impl Loop {
         }
         // Everything the messages depend on is durable now.
         let mut outbox: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
+        let mut big_snapshots = Vec::new();
         for (g, rd) in readies.iter_mut() {
             for msg in std::mem::take(&mut rd.messages) {
+                if let MessageBody::Snapshot { snapshot } = &msg.body {
+                    if snapshot.data.len() > self.cfg.snapshot_chunk_bytes {
+                        big_snapshots.push((*g, msg));
+                        continue;
+                    }
+                    // A small snapshot travels whole and supersedes any stream to that node.
+                    self.out_streams.remove(&(*g, msg.to));
+                }
                 outbox
                     .entry(msg.to)
                     .or_default()
@@ -946,6 +1111,10 @@ impl Loop {
                 group.raw.report_unreachable(to);
                 self.dirty.insert(g);
             }
+        }
+        let now = Instant::now();
+        for (g, msg) in big_snapshots {
+            self.start_stream(g, msg, now);
         }
         if info_changed {
             self.publish_info();

@@ -9,13 +9,15 @@
 //! It must not know what the bytes in an entry mean: state machines do.
 //!
 //! # Layout
-//! - [`host`]: [`NodeHost`], its consensus thread and API.
+//! - [`host`]: [`NodeHost`], its consensus thread and API; `host::stream` streams big
+//!   snapshots in flow-controlled, resumable chunks.
 //! - `apply`: apply workers running the state machines.
 //! - [`storage`]: the [`LogBackend`] seam (shared WAL, in-memory) and per-group logs.
 //! - [`network`]: the [`PeerNetwork`] seam and an in-process network for tests.
 //! - [`transport`]: the TCP peer transport — one outbound connection per peer with a bounded
 //!   queue, batching, reconnect with backoff; inbound accept loop; fault hooks for tests.
-//! - [`codec`]: the wire format — frames, the `Hello` handshake, batches of [`Envelope`]s.
+//! - [`codec`]: the wire format — frames, the `Hello` handshake, batches of [`Envelope`]s,
+//!   snapshot chunks and acks ([`StreamMsg`]).
 //! - [`state_machine`]: the [`StateMachine`] contract.
 #![warn(missing_docs)]
 // The engine does I/O by design: it owns threads, clocks (the tick timer) and sockets, so the
@@ -31,9 +33,9 @@ pub mod state_machine;
 pub mod storage;
 pub mod transport;
 
-pub use codec::{Envelope, GroupId};
+pub use codec::{Envelope, GroupId, SnapshotAck, SnapshotChunk, StreamMsg};
 pub use error::{EngineError, Result};
-pub use host::{Event, NodeHost, NodeHostConfig};
+pub use host::{Event, NodeHost, NodeHostConfig, SnapshotStreamStats};
 pub use network::{pump_inbound, InboundSink, LocalNetwork, PeerNetwork, SendError};
 pub use state_machine::{AppliedEntry, StateMachine};
 pub use storage::{GroupLog, GroupWriteBatch, LogBackend, MemBackend, WalBackend};

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use flotilla_raft::NodeId;
 
-use crate::codec::Envelope;
+use crate::codec::{Envelope, StreamMsg};
 use crate::host::NodeHostInner;
 use crate::transport::{Inbound, Transport};
 
@@ -22,12 +22,19 @@ pub use crate::transport::SendError;
 pub trait PeerNetwork: Send + Sync + 'static {
     /// Queues `envelopes` (messages of possibly many groups) for node `to`.
     fn send(&self, to: NodeId, envelopes: Vec<Envelope>) -> Result<(), SendError>;
+
+    /// Queues one snapshot-streaming message (a chunk or an ack) for node `to`. Same contract
+    /// as `send`: never blocks, bounded, may lose the message; the streaming protocol
+    /// retransmits from the receiver's acknowledged offset.
+    fn send_stream(&self, to: NodeId, msg: StreamMsg) -> Result<(), SendError>;
 }
 
 #[derive(Default)]
 struct Router {
     hosts: BTreeMap<NodeId, Weak<NodeHostInner>>,
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Test hook: (from, to) -> snapshot chunks still let through before the link is cut.
+    chunk_budget: BTreeMap<(NodeId, NodeId), u64>,
 }
 
 /// An in-process network between node hosts (tests). Clone to share.
@@ -80,6 +87,14 @@ impl LocalNetwork {
     pub fn heal(&self) {
         self.router.lock().expect("router").cut.clear();
     }
+
+    /// Test hook: lets `chunks` more snapshot chunks from `from` to `to` through, then cuts
+    /// both directions between them (as [`LocalNetwork::cut`]) at the next chunk, so a
+    /// snapshot stream breaks at a known point. [`LocalNetwork::heal`] restores the link.
+    pub fn cut_after_chunks(&self, from: NodeId, to: NodeId, chunks: u64) {
+        let mut r = self.router.lock().expect("router");
+        r.chunk_budget.insert((from, to), chunks);
+    }
 }
 
 struct LocalEndpoint {
@@ -87,22 +102,45 @@ struct LocalEndpoint {
     router: Arc<Mutex<Router>>,
 }
 
-impl PeerNetwork for LocalEndpoint {
-    fn send(&self, to: NodeId, envelopes: Vec<Envelope>) -> Result<(), SendError> {
-        let target = {
-            let r = self.router.lock().expect("router");
-            if r.cut.contains(&(self.id, to)) {
-                return Ok(()); // silently lost, like a partitioned network
+impl LocalEndpoint {
+    /// The host to deliver to, `Ok(None)` if the link is cut (the message is lost).
+    fn target(&self, to: NodeId, chunk: bool) -> Result<Option<Arc<NodeHostInner>>, SendError> {
+        let mut r = self.router.lock().expect("router");
+        if chunk {
+            if let Some(left) = r.chunk_budget.get_mut(&(self.id, to)) {
+                if *left == 0 {
+                    r.chunk_budget.remove(&(self.id, to));
+                    r.cut.insert((self.id, to));
+                    r.cut.insert((to, self.id));
+                } else {
+                    *left -= 1;
+                }
             }
-            r.hosts.get(&to).and_then(Weak::upgrade)
-        };
-        match target {
-            Some(host) => {
-                host.deliver(self.id, envelopes);
-                Ok(())
-            }
+        }
+        if r.cut.contains(&(self.id, to)) {
+            return Ok(None); // silently lost, like a partitioned network
+        }
+        match r.hosts.get(&to).and_then(Weak::upgrade) {
+            Some(host) => Ok(Some(host)),
             None => Err(SendError::UnknownPeer { peer: to }),
         }
+    }
+}
+
+impl PeerNetwork for LocalEndpoint {
+    fn send(&self, to: NodeId, envelopes: Vec<Envelope>) -> Result<(), SendError> {
+        if let Some(host) = self.target(to, false)? {
+            host.deliver(self.id, envelopes);
+        }
+        Ok(())
+    }
+
+    fn send_stream(&self, to: NodeId, msg: StreamMsg) -> Result<(), SendError> {
+        let chunk = matches!(msg, StreamMsg::Chunk(_));
+        if let Some(host) = self.target(to, chunk)? {
+            host.deliver_stream(self.id, msg);
+        }
+        Ok(())
     }
 }
 
@@ -110,14 +148,23 @@ impl PeerNetwork for Transport {
     fn send(&self, to: NodeId, envelopes: Vec<Envelope>) -> Result<(), SendError> {
         Transport::send(self, to, envelopes)
     }
+
+    fn send_stream(&self, to: NodeId, msg: StreamMsg) -> Result<(), SendError> {
+        Transport::send_stream(self, to, msg)
+    }
 }
 
 /// Hands every batch the transport receives to `host` until the transport stops. Spawn it
 /// on the runtime that runs the transport.
 pub async fn pump_inbound(host: InboundSink, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
     while let Some(batch) = inbound.recv().await {
-        if !host.deliver(batch.from, batch.envelopes) {
+        if !batch.envelopes.is_empty() && !host.deliver(batch.from, batch.envelopes) {
             break; // the node host is gone
+        }
+        for msg in batch.stream {
+            if !host.deliver_stream(batch.from, msg) {
+                return;
+            }
         }
     }
 }
@@ -132,6 +179,17 @@ impl InboundSink {
         match self.0.upgrade() {
             Some(host) => {
                 host.deliver(from, envelopes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers a snapshot-streaming message; false once the node host is gone.
+    pub fn deliver_stream(&self, from: NodeId, msg: StreamMsg) -> bool {
+        match self.0.upgrade() {
+            Some(host) => {
+                host.deliver_stream(from, msg);
                 true
             }
             None => false,

@@ -4,7 +4,8 @@
 //! - **Outbound**: one TCP connection per remote peer, owned by one tokio task. [`Transport::send`]
 //!   puts envelopes on the peer's bounded queue and wakes the task, which writes everything
 //!   ready into as few frames as possible (one frame per wakeup, up to `max_batch_bytes`), so
-//!   messages of many groups share a frame. A connection is one-way: the receiver never writes
+//!   messages of many groups share a frame. [`Transport::send_stream`] queues a snapshot chunk
+//!   or ack on the same queue; it is written in a frame of its own. A connection is one-way: the receiver never writes
 //!   on it, so the writer reads its half only to notice that the peer closed it.
 //! - **Inbound**: an accept loop, bounded by a semaphore of `max_inbound_connections`, runs one
 //!   task per connection. The first frame must be a [`Hello`] naming this cluster and protocol
@@ -40,8 +41,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::codec::{
-    decode_frame, encode_frame, CodecError, Envelope, Frame, Hello, BATCH_OVERHEAD_BYTES,
-    FRAME_HEADER_BYTES, PROTOCOL_VERSION,
+    decode_frame, encode_frame, CodecError, Envelope, Frame, Hello, StreamMsg,
+    BATCH_OVERHEAD_BYTES, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
 };
 
 /// How much an inbound connection asks the socket for per read.
@@ -165,6 +166,9 @@ pub struct Inbound {
     pub from: NodeId,
     /// The messages, for any groups.
     pub envelopes: Vec<Envelope>,
+    /// Snapshot-streaming messages (a [`Frame::Stream`] arrives as one `Inbound` with no
+    /// envelopes and one of these).
+    pub stream: Vec<StreamMsg>,
 }
 
 /// Test hook: what happens to messages this node sends to one peer.
@@ -430,8 +434,15 @@ struct PeerQueue {
     bytes: usize,
 }
 
+/// What a peer queue holds: Raft envelopes (coalesced into batch frames) or snapshot-stream
+/// messages (one frame each, in queue order with the envelopes).
+enum Outgoing {
+    Env(Envelope),
+    Stream(StreamMsg),
+}
+
 struct Queued {
-    env: Envelope,
+    item: Outgoing,
     bytes: usize,
     /// Set by [`LinkFault::Delay`]: not to be written before this instant.
     not_before: Option<Instant>,
@@ -568,6 +579,46 @@ impl Transport {
         if envelopes.is_empty() {
             return Ok(());
         }
+        let max_envelope_bytes = self.shared.cfg.max_envelope_bytes();
+        let sizes: Vec<usize> = envelopes.iter().map(Envelope::encoded_len).collect();
+        let too_large = sizes
+            .iter()
+            .find(|&&n| n > max_envelope_bytes)
+            .map(|&envelope_bytes| SendError::TooLarge {
+                envelope_bytes,
+                max_envelope_bytes,
+            });
+        let items = envelopes.into_iter().map(Outgoing::Env).collect();
+        self.enqueue(to, items, sizes, too_large)
+    }
+
+    /// Queues one snapshot-streaming message for `to`; it travels in its own frame, behind
+    /// everything queued before it. Same contract as [`Transport::send`]; `TooLarge` here
+    /// compares the whole frame with `max_frame_bytes`.
+    pub fn send_stream(&self, to: NodeId, msg: StreamMsg) -> Result<(), SendError> {
+        let frame_bytes = msg.frame_len();
+        let max_frame_bytes = self.shared.cfg.max_frame_bytes;
+        let too_large = (frame_bytes > max_frame_bytes).then_some(SendError::TooLarge {
+            envelope_bytes: frame_bytes,
+            max_envelope_bytes: max_frame_bytes,
+        });
+        self.enqueue(
+            to,
+            vec![Outgoing::Stream(msg)],
+            vec![frame_bytes],
+            too_large,
+        )
+    }
+
+    /// All or nothing: checks the peer, the link fault, `too_large`, then the queue bounds.
+    fn enqueue(
+        &self,
+        to: NodeId,
+        items: Vec<Outgoing>,
+        sizes: Vec<usize>,
+        too_large: Option<SendError>,
+    ) -> Result<(), SendError> {
+        debug_assert_eq!(items.len(), sizes.len());
         let (peer, fault) = {
             let state = lock(&self.shared.state);
             if state.shut_down {
@@ -583,7 +634,7 @@ impl Transport {
         let not_before = match fault {
             LinkFault::None => None,
             LinkFault::Drop => {
-                add(&peer.counters.dropped_fault, envelopes.len());
+                add(&peer.counters.dropped_fault, items.len());
                 return Ok(());
             }
             LinkFault::Delay(delay) => {
@@ -595,16 +646,11 @@ impl Transport {
                 )
             }
         };
-        let max_envelope_bytes = self.shared.cfg.max_envelope_bytes();
-        let sizes: Vec<usize> = envelopes.iter().map(Envelope::encoded_len).collect();
-        if let Some(&envelope_bytes) = sizes.iter().find(|&&n| n > max_envelope_bytes) {
-            return Err(SendError::TooLarge {
-                envelope_bytes,
-                max_envelope_bytes,
-            });
+        if let Some(e) = too_large {
+            return Err(e);
         }
         let adding_bytes: usize = sizes.iter().sum();
-        let adding_msgs = envelopes.len();
+        let adding_msgs = items.len();
         let max_msgs = self.shared.cfg.max_queue_msgs_per_peer;
         let max_bytes = self.shared.cfg.max_queue_bytes_per_peer;
         {
@@ -622,9 +668,9 @@ impl Transport {
                     max_bytes,
                 });
             }
-            for (env, bytes) in envelopes.into_iter().zip(sizes) {
+            for (item, bytes) in items.into_iter().zip(sizes) {
                 queue.items.push_back(Queued {
-                    env,
+                    item,
                     bytes,
                     not_before,
                 });
@@ -740,15 +786,36 @@ impl Peer {
                 let wait = if batch.is_empty() { Some(at) } else { None };
                 return (batch, wait);
             }
+            if matches!(head.item, Outgoing::Stream(_)) {
+                break; // travels in its own frame; see take_stream
+            }
             if !batch.is_empty() && batch_bytes + head.bytes > max_batch_bytes {
                 break;
             }
             let item = queue.items.pop_front().expect("front exists");
             queue.bytes -= item.bytes;
             batch_bytes += item.bytes;
-            batch.push(item.env);
+            match item.item {
+                Outgoing::Env(env) => batch.push(env),
+                Outgoing::Stream(_) => unreachable!("checked above"),
+            }
         }
         (batch, None)
+    }
+
+    /// Takes the head of the queue if it is a ready snapshot-stream message.
+    fn take_stream(&self, now: Instant) -> Option<StreamMsg> {
+        let mut queue = lock(&self.queue);
+        let head = queue.items.front()?;
+        if !matches!(head.item, Outgoing::Stream(_)) || head.not_before.is_some_and(|at| at > now) {
+            return None;
+        }
+        let item = queue.items.pop_front().expect("front exists");
+        queue.bytes -= item.bytes;
+        match item.item {
+            Outgoing::Stream(msg) => Some(msg),
+            Outgoing::Env(_) => unreachable!("checked above"),
+        }
     }
 
     /// Discards everything queued (peer removed or transport shut down).
@@ -897,6 +964,18 @@ async fn drive_connection(
             }
             buf.clear();
         }
+        if let Some(msg) = peer.take_stream(Instant::now()) {
+            batch_msgs = 1;
+            is_batch = true;
+            let frame = Frame::Stream {
+                from: cfg.node_id,
+                msg,
+            };
+            // send_stream() refuses frames over max_frame_bytes.
+            debug_assert!(frame.encoded_len() <= cfg.max_frame_bytes);
+            encode_frame(&frame, &mut buf);
+            continue;
+        }
         let (batch, next_ready) = peer.take_batch(cfg.batch_budget_bytes(), Instant::now());
         if !batch.is_empty() {
             batch_msgs = batch.len();
@@ -1035,7 +1114,7 @@ async fn inbound_session(
             debug!(node = cfg.node_id, peer = from, %remote, "peer closed inbound connection");
             return Ok(());
         };
-        let envelopes = match frame {
+        let (envelopes, stream) = match frame {
             Frame::Hello(_) => return Err(TransportError::UnexpectedHello),
             Frame::Batch {
                 from: claimed,
@@ -1047,22 +1126,36 @@ async fn inbound_session(
                         hello: from,
                     });
                 }
-                envelopes
+                (envelopes, Vec::new())
+            }
+            Frame::Stream { from: claimed, msg } => {
+                if claimed != from {
+                    return Err(TransportError::SenderMismatch {
+                        claimed,
+                        hello: from,
+                    });
+                }
+                (Vec::new(), vec![msg])
             }
         };
         {
             let mut received = lock(&shared.received);
             let r = received.entry(from).or_default();
             r.frames += 1;
-            r.msgs += envelopes.len() as u64;
+            r.msgs += (envelopes.len() + stream.len()) as u64;
             r.bytes += frame_bytes as u64;
         }
-        if envelopes.is_empty() {
+        if envelopes.is_empty() && stream.is_empty() {
             continue;
         }
         // Waiting here is the backpressure: this connection is not read while the consumer
         // is behind.
-        if tx.send(Inbound { from, envelopes }).await.is_err() {
+        let batch = Inbound {
+            from,
+            envelopes,
+            stream,
+        };
+        if tx.send(batch).await.is_err() {
             debug!(
                 node = cfg.node_id,
                 "inbound receiver dropped; closing connection"
@@ -1184,7 +1277,7 @@ mod tests {
         let bytes = env.encoded_len();
         let mut q = lock(&peer.queue);
         q.items.push_back(Queued {
-            env,
+            item: Outgoing::Env(env),
             bytes,
             not_before,
         });
@@ -1193,6 +1286,42 @@ mod tests {
 
     fn seqs(batch: &[Envelope]) -> Vec<u64> {
         batch.iter().map(|e| e.group).collect()
+    }
+
+    #[test]
+    fn stream_messages_leave_the_queue_alone_and_in_order() {
+        let peer = test_peer();
+        push(&peer, 1, None);
+        let ack = StreamMsg::Ack(crate::codec::SnapshotAck {
+            group: 9,
+            term: 1,
+            snapshot_index: 5,
+            snapshot_term: 1,
+            received_offset: 0,
+        });
+        {
+            let mut q = lock(&peer.queue);
+            let bytes = ack.frame_len();
+            q.items.push_back(Queued {
+                item: Outgoing::Stream(ack.clone()),
+                bytes,
+                not_before: None,
+            });
+            q.bytes += bytes;
+        }
+        push(&peer, 2, None);
+        let now = Instant::now();
+        assert_eq!(peer.take_stream(now), None, "an envelope is ahead of it");
+        let (batch, wait) = peer.take_batch(1 << 20, now);
+        assert_eq!(
+            (seqs(&batch), wait),
+            (vec![1], None),
+            "the batch stops at it"
+        );
+        assert_eq!(peer.take_stream(now), Some(ack));
+        let (batch, _) = peer.take_batch(1 << 20, now);
+        assert_eq!(seqs(&batch), vec![2]);
+        assert_eq!(lock(&peer.queue).bytes, 0);
     }
 
     #[test]
