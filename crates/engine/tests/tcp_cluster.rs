@@ -240,3 +240,43 @@ async fn tcp_cluster_of_64_groups_survives_a_crash_and_a_partitioned_leader() {
         "{msgs} messages in {frames} frames"
     );
 }
+
+/// Heartbeats (and their answers) of every group a node shares with a peer travel together:
+/// per tick a peer receives a handful of frames, not one per group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_of_many_groups_share_frames() {
+    let groups: Vec<GroupId> = (1..=64).collect();
+    let c = Cluster::new(3, groups.clone()).await;
+    for &g in &groups {
+        c.leader(g, None).await;
+    }
+    let totals = |c: &Cluster| {
+        let (mut msgs, mut frames) = (0u64, 0u64);
+        for n in c.nodes.values() {
+            for p in n.transport.stats().peers.values() {
+                msgs += p.msgs_sent;
+                frames += p.frames_sent;
+            }
+        }
+        (msgs, frames)
+    };
+    let (m0, f0) = totals(&c);
+    // Idle groups exchange only heartbeats now (quiescing starts after 100 ticks = 2 s):
+    // wait until a few rounds of them have flowed, then compare messages with frames.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let (msgs, frames) = loop {
+        let (m1, f1) = totals(&c);
+        if m1 - m0 >= 64 * 2 * 5 {
+            break (m1 - m0, f1 - f0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "heartbeats are not flowing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        msgs >= 8 * frames,
+        "{msgs} messages in {frames} frames: heartbeats not batched"
+    );
+}
