@@ -530,16 +530,7 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(m.term, m.from);
                 self.step_follower(m);
             }
-            MessageBody::ReadIndex { request_id } => {
-                self.send(
-                    m.from,
-                    self.term,
-                    MessageBody::ReadIndexResp {
-                        request_id,
-                        index: None,
-                    },
-                );
-            }
+            MessageBody::ReadIndex { request_id } => self.refuse_read(m.from, request_id),
             _ => {}
         }
     }
@@ -574,18 +565,26 @@ impl<S: Storage> Raft<S> {
             MessageBody::ReadIndexResp { request_id, index } => {
                 self.read_states.push(ReadState { request_id, index });
             }
-            MessageBody::ReadIndex { request_id } => {
-                self.send(
-                    m.from,
-                    self.term,
-                    MessageBody::ReadIndexResp {
-                        request_id,
-                        index: None,
-                    },
-                );
-            }
+            MessageBody::ReadIndex { request_id } => self.refuse_read(m.from, request_id),
             _ => {}
         }
+    }
+
+    /// A follower forwarded a read: confirm it, or refuse it if the queue is full (the
+    /// follower's caller sees a failed read and retries).
+    fn forwarded_read(&mut self, from: NodeId, request_id: u64) {
+        if self.read_index_as_leader(from, request_id).is_err() {
+            self.refuse_read(from, request_id);
+        }
+    }
+
+    /// Tells a follower its forwarded read cannot be served here (it retries).
+    fn refuse_read(&mut self, to: NodeId, request_id: u64) {
+        let body = MessageBody::ReadIndexResp {
+            request_id,
+            index: None,
+        };
+        self.send(to, self.term, body);
     }
 
     fn handle_append(
@@ -677,20 +676,7 @@ impl<S: Storage> Raft<S> {
                 self.handle_append_resp(m.from, index, reject)
             }
             MessageBody::HeartbeatResp { read_seq } => self.handle_heartbeat_resp(m.from, read_seq),
-            MessageBody::ReadIndex { request_id } => {
-                if let Err(e) = self.read_index_as_leader(m.from, request_id) {
-                    // Queue full: the follower's caller sees a failed read and retries.
-                    let _ = e;
-                    self.send(
-                        m.from,
-                        self.term,
-                        MessageBody::ReadIndexResp {
-                            request_id,
-                            index: None,
-                        },
-                    );
-                }
-            }
+            MessageBody::ReadIndex { request_id } => self.forwarded_read(m.from, request_id),
             _ => {}
         }
         Ok(())
