@@ -1,0 +1,34 @@
+//! # flotilla-kv
+//!
+//! The replicated KV state machine behind Flotilla's etcd-compatible store: an MVCC store with
+//! one global revision (put, range, delete, txn, compaction), the watch events every write
+//! records, and leases — plus the replicated command format and the
+//! [`flotilla_engine::StateMachine`] that applies it.
+//!
+//! It must not read clocks, use randomness, spawn threads or iterate in a hash order (apply
+//! runs on every replica and must give the same answer everywhere: time arrives in commands,
+//! set by the leader), and must not reach into `raft` (only through `engine`). The etcd v3
+//! gRPC services are not here yet.
+//!
+//! # Layout
+//! - [`mvcc`]: [`MvccStore`] — key histories, revisions, range/put/delete/txn, compaction,
+//!   watch events ([`MvccStore::events_since`]), lease revoke.
+//! - [`lease`]: [`LeaseTable`] — grant, keep-alive, expiry listing for the leader, TTL queries.
+//! - [`command`]: the replicated [`Command`] and [`Response`] and their versioned, bounded
+//!   binary encoding.
+//! - [`state_machine`]: [`KvStateMachine`], the engine's `StateMachine`, with a versioned,
+//!   CRC32C-checked snapshot format.
+//! - [`error`]: [`KvError`], the crate's one error type.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod lease;
+pub mod mvcc;
+
+pub use error::{KvError, Result};
+pub use lease::{Lease, LeaseTable, LeaseTimeToLive};
+pub use mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
+    EventKind, KeyValue, Limits, MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
+};
