@@ -104,6 +104,12 @@ pub enum KvError {
         /// What is wrong, and where.
         reason: String,
     },
+    /// A snapshot whose checksum or contents are wrong.
+    #[error("corrupted KV snapshot: {reason}")]
+    CorruptedSnapshot {
+        /// What is wrong.
+        reason: String,
+    },
     /// An encoding version this build does not understand.
     #[error("unsupported encoding version {version} (this build understands {supported})")]
     UnsupportedVersion {

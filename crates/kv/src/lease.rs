@@ -170,6 +170,21 @@ impl LeaseTable {
             lease.keys.remove(key);
         }
     }
+
+    /// Inserts a lease as read from a snapshot.
+    pub(crate) fn insert_restored(&mut self, lease: Lease) -> std::result::Result<(), String> {
+        if lease.id <= 0 || self.leases.contains_key(&lease.id) {
+            return Err(format!("lease id {} is not positive or repeated", lease.id));
+        }
+        self.by_expiry.insert((lease.expiry_ms, lease.id));
+        self.leases.insert(lease.id, lease);
+        Ok(())
+    }
+
+    /// All leases in id order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
 }
 
 fn expiry(now_ms: i64, ttl_secs: i64) -> i64 {

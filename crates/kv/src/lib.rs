@@ -21,10 +21,13 @@
 //! - [`error`]: [`KvError`], the crate's one error type.
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod error;
 pub mod lease;
 pub mod mvcc;
+pub mod state_machine;
 
+pub use command::{Command, Response, ResponseBody};
 pub use error::{KvError, Result};
 pub use lease::{Lease, LeaseTable, LeaseTimeToLive};
 pub use mvcc::{
@@ -32,3 +35,4 @@ pub use mvcc::{
     EventKind, KeyValue, Limits, MvccStore, PutRequest, PutResponse, RangeRequest, RangeResponse,
     RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
+pub use state_machine::KvStateMachine;
