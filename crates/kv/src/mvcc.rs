@@ -661,7 +661,13 @@ impl MvccStore {
             }
         }
         for c in &req.compare {
-            self.check_key(&c.key)?;
+            // An empty compare key is fine (with range_end "\0" it means every key).
+            if c.key.len() as u64 > self.limits.max_key_bytes {
+                return Err(KvError::KeyTooLarge {
+                    len: c.key.len() as u64,
+                    max_key_bytes: self.limits.max_key_bytes,
+                });
+            }
         }
         for branch in [&req.success, &req.failure] {
             for op in branch.iter() {
@@ -986,15 +992,21 @@ fn branch_writes(
     for op in ops {
         match op {
             RequestOp::Put(p) => {
-                if !puts.insert(p.key.clone()) {
+                let deleted = deletes.iter().any(|(k, end)| in_range(&p.key, k, end));
+                if deleted || !puts.insert(p.key.clone()) {
                     return Err(KvError::DuplicateKey { key: p.key.clone() });
                 }
             }
-            RequestOp::DeleteRange(d) => deletes.push((d.key.clone(), d.range_end.clone())),
+            RequestOp::DeleteRange(d) => {
+                if let Some(key) = puts.iter().find(|k| in_range(k, &d.key, &d.range_end)) {
+                    return Err(KvError::DuplicateKey { key: key.clone() });
+                }
+                deletes.push((d.key.clone(), d.range_end.clone()));
+            }
             RequestOp::Range(_) => {}
             RequestOp::Txn(t) => {
                 // Only one nested branch runs, so each is checked against the outer writes
-                // separately, then both join the outer set.
+                // separately (not against the other branch), then both join the outer sets.
                 let outer_deletes = deletes.len();
                 let mut nested_puts = BTreeSet::new();
                 let mut nested_deletes = Vec::new();
@@ -1008,11 +1020,6 @@ fn branch_writes(
                 puts.extend(nested_puts);
                 deletes.extend(nested_deletes);
             }
-        }
-    }
-    for key in puts.iter() {
-        if deletes.iter().any(|(k, end)| in_range(key, k, end)) {
-            return Err(KvError::DuplicateKey { key: key.clone() });
         }
     }
     Ok(())
@@ -1490,6 +1497,33 @@ mod tests {
         };
         assert_eq!(s.txn(&bad_lease), Err(KvError::LeaseNotFound { id: 9 }));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_nested_txn_may_write_the_same_key_in_its_two_branches() {
+        let mut s = MvccStore::default();
+        put(&mut s, "a", "1"); // 2
+        let delete_a = RequestOp::DeleteRange(DeleteRangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        });
+        let nested = TxnRequest {
+            compare: vec![cmp("a", CompareTarget::Version(1), CompareResult::Equal)],
+            success: vec![delete_a],
+            failure: vec![put_op("a", "2")],
+        };
+        let outer = TxnRequest {
+            success: vec![put_op("b", "1"), RequestOp::Txn(nested)],
+            ..Default::default()
+        };
+        let r = s.txn(&outer).unwrap();
+        let ResponseOp::Txn(inner) = &r.responses[1] else {
+            panic!("expected a txn")
+        };
+        assert!(inner.succeeded);
+        assert_eq!(get_at(&s, "a", 0).unwrap(), None);
+        assert_eq!(get_at(&s, "b", 0).unwrap().unwrap().mod_revision, 3);
+        assert_eq!(s.current_revision(), 3);
     }
 
     #[test]

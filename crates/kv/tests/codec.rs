@@ -12,8 +12,20 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..6)
 }
 
+/// Few distinct keys, so random txns collide on keys and ranges (and hit the `"\0"` and empty
+/// `range_end` conventions).
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop::sample::select(vec![
+        vec![],
+        vec![0],
+        b"a".to_vec(),
+        b"b".to_vec(),
+        b"c".to_vec(),
+    ])
+}
+
 fn put() -> impl Strategy<Value = PutRequest> {
-    (bytes(), bytes(), any::<i64>(), any::<[bool; 3]>()).prop_map(|(key, value, lease, f)| {
+    (key(), bytes(), any::<i64>(), any::<[bool; 3]>()).prop_map(|(key, value, lease, f)| {
         PutRequest {
             key,
             value,
@@ -263,6 +275,56 @@ proptest! {
         let mut sm = KvStateMachine::default();
         let resp = Response::decode(&sm.apply_bytes(&flipped));
         prop_assert!(resp.is_ok(), "apply must answer with a decodable response");
+    }
+}
+
+/// A store with history, a compaction and a lease holding keys.
+fn populated() -> KvStateMachine {
+    let mut sm = KvStateMachine::default();
+    let put = |key: &str, lease| {
+        Command::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    };
+    for cmd in [
+        Command::LeaseGrant {
+            id: 1,
+            ttl_secs: 10,
+            now_ms: 0,
+        },
+        put("a", 0),
+        put("b", 1),
+        put("a", 1),
+        Command::Compact { revision: 3 },
+        put("c", 0),
+    ] {
+        assert!(sm.apply_command(&cmd).result.is_ok());
+    }
+    sm
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Apply never panics (no txn slips past the checks into an assertion), a refusal changes
+    /// nothing, and two replicas applying the same command agree.
+    #[test]
+    fn any_command_applies_or_is_refused_without_change(cmds in proptest::collection::vec(command(), 1..4)) {
+        let mut sm = populated();
+        for cmd in &cmds {
+            let before = sm.clone();
+            let mut replica = sm.clone();
+            let resp = sm.apply_command(cmd);
+            prop_assert_eq!(&replica.apply_command(cmd), &resp);
+            prop_assert_eq!(&replica, &sm);
+            if resp.result.is_err() {
+                prop_assert_eq!(&sm, &before);
+            }
+            prop_assert_eq!(Response::decode(&resp.encode()), Ok(resp));
+        }
     }
 }
 
