@@ -460,16 +460,21 @@ impl NodeHost {
         self.inner.dropped_inbound.load(Ordering::Relaxed)
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T> {
+    /// Admits one API request: refused once stopping, otherwise waits for a slot under
+    /// `max_pending_requests`. The slot is held until the request completes.
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
         if self.inner.stopped.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
-        let _permit = self
-            .inner
+        self.inner
             .permits
             .acquire()
             .await
-            .map_err(|_| EngineError::ShuttingDown)?;
+            .map_err(|_| EngineError::ShuttingDown)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T> {
+        let _permit = self.admit().await?;
         let (tx, rx) = oneshot::channel();
         self.inner
             .cmd_tx
@@ -516,15 +521,7 @@ impl NodeHost {
 
     /// Proposes several entries at once (one append); results in order.
     pub async fn propose_batch(&self, group: GroupId, datas: Vec<Bytes>) -> Result<Vec<Bytes>> {
-        if self.inner.stopped.load(Ordering::Acquire) {
-            return Err(EngineError::ShuttingDown);
-        }
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
+        let _permit = self.admit().await?;
         let (replies, rxs): (Vec<_>, Vec<_>) = datas.iter().map(|_| oneshot::channel()).unzip();
         let cmd = Cmd::Propose {
             group,
