@@ -135,16 +135,7 @@ impl Cluster {
                 .keys()
                 .map(|&id| self.logs[&(id, g)].lock().unwrap().clone())
                 .collect();
-            let same = logs.windows(2).all(|w| w[0] == w[1]);
-            let complete = acked.iter().all(|a| logs[0].contains(a));
-            if same && complete {
-                for a in acked {
-                    assert_eq!(
-                        logs[0].iter().filter(|x| *x == a).count(),
-                        1,
-                        "{a:?} applied twice"
-                    );
-                }
+            if common::converged(&logs, acked) {
                 return;
             }
             assert!(

@@ -166,14 +166,7 @@ impl Cluster {
                 .keys()
                 .map(|&id| self.logs[&(id, g)].lock().unwrap().clone())
                 .collect();
-            if logs.windows(2).all(|w| w[0] == w[1]) && acked.iter().all(|a| logs[0].contains(a)) {
-                for a in acked {
-                    assert_eq!(
-                        logs[0].iter().filter(|x| *x == a).count(),
-                        1,
-                        "{a:?} applied twice"
-                    );
-                }
+            if common::converged(&logs, acked) {
                 return;
             }
             assert!(

@@ -596,15 +596,7 @@ impl<S: Storage> Raft<S> {
         commit: Index,
     ) {
         if prev_index < self.log.committed {
-            let index = self.log.committed;
-            self.send(
-                from,
-                self.term,
-                MessageBody::AppendResp {
-                    index,
-                    reject: None,
-                },
-            );
+            self.ack_committed(from);
             return;
         }
         match self
@@ -637,18 +629,24 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Answers a stale append or snapshot (at or below our commit) with our commit index, so
+    /// the leader moves its view of us forward instead of retrying.
+    fn ack_committed(&mut self, from: NodeId) {
+        let index = self.log.committed;
+        self.send(
+            from,
+            self.term,
+            MessageBody::AppendResp {
+                index,
+                reject: None,
+            },
+        );
+    }
+
     fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         if index <= self.log.committed {
-            let index = self.log.committed;
-            self.send(
-                from,
-                self.term,
-                MessageBody::AppendResp {
-                    index,
-                    reject: None,
-                },
-            );
+            self.ack_committed(from);
             return;
         }
         if self.log.match_term(index, term) {

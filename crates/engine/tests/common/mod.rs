@@ -44,3 +44,20 @@ impl StateMachine for Recorder {
         }
     }
 }
+
+/// True once every replica's applied log is the same and holds every acknowledged payload;
+/// then also asserts each acknowledged payload was applied exactly once.
+pub fn converged(logs: &[Vec<Bytes>], acked: &[Bytes]) -> bool {
+    let same = logs.windows(2).all(|w| w[0] == w[1]);
+    if !same || !acked.iter().all(|a| logs[0].contains(a)) {
+        return false;
+    }
+    for a in acked {
+        assert_eq!(
+            logs[0].iter().filter(|x| *x == a).count(),
+            1,
+            "{a:?} applied twice"
+        );
+    }
+    true
+}
