@@ -25,6 +25,7 @@ pub mod command;
 pub mod error;
 pub mod lease;
 pub mod mvcc;
+pub mod proto;
 pub mod state_machine;
 
 pub use command::{Command, Response, ResponseBody};
