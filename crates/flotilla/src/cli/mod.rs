@@ -2,9 +2,15 @@
 
 /// The client subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum ClientCommand {}
+pub enum ClientCommand {
+    /// Prints the CLI's version.
+    ClientVersion,
+}
 
 /// Runs a client subcommand.
 pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        ClientCommand::ClientVersion => println!("flotilla {}", env!("CARGO_PKG_VERSION")),
+    }
+    Ok(())
 }
