@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use flotilla_kv::proto::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
     watch_request::RequestUnion,
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    WatchCreateRequest, WatchRequest,
+    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest,
 };
 use flotilla_kv::proto::mvccpb::{event::EventType, Event};
 use serde_json::json;
@@ -31,6 +31,14 @@ pub enum KvCommand {
     Del(DelArgs),
     /// Prints events on a key or prefix until Ctrl-C or --max-events.
     Watch(WatchArgs),
+    /// Discards history before a revision (reads and watches below it fail afterwards).
+    Compact {
+        /// The revision to compact up to.
+        revision: i64,
+        /// Waits until the compaction is physically applied.
+        #[arg(long)]
+        physical: bool,
+    },
     /// Runs a transaction read from stdin in etcdctl's format: compares, a blank line,
     /// success ops, a blank line, failure ops.
     Txn,
@@ -232,6 +240,19 @@ pub async fn run(client: &Client, output: OutputFormat, cmd: KvCommand) -> anyho
         }
         KvCommand::Watch(args) => watch(client, output, &args).await,
         KvCommand::Txn => super::txn::run(client, output).await,
+        KvCommand::Compact { revision, physical } => {
+            let resp = client
+                .compact(CompactionRequest { revision, physical })
+                .await?;
+            match output {
+                OutputFormat::Text => println!("compacted revision {revision}"),
+                OutputFormat::Json => print_json(&json!({
+                    "header": header_json(resp.header.as_ref()),
+                    "compacted_revision": revision,
+                }))?,
+            }
+            Ok(())
+        }
     }
 }
 
