@@ -221,6 +221,15 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.call_indexed(|_, channel| attempt(channel)).await
+    }
+
+    /// [`Client::call`], telling `attempt` which endpoint (by index) it is talking to.
+    async fn call_indexed<T, F, Fut>(&self, mut attempt: F) -> Result<T, RpcError>
+    where
+        F: FnMut(usize, Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let policy = self.inner.policy;
         let count = self.inner.channels.len();
         let start = self.inner.preferred.load(Ordering::Relaxed) % count;
@@ -241,7 +250,7 @@ impl Client {
             let index = (start + n) % count;
             let timeout = policy.request_timeout.min(remaining);
             let channel = self.inner.channels[index].clone();
-            let error = match tokio::time::timeout(timeout, attempt(channel)).await {
+            let error = match tokio::time::timeout(timeout, attempt(index, channel)).await {
                 Ok(Ok(value)) => {
                     self.inner.preferred.store(index, Ordering::Relaxed);
                     return Ok(value);
@@ -512,5 +521,104 @@ pub fn watch_cancel_status(resp: &WatchResponse) -> Status {
         Status::cancelled("watch canceled by the server")
     } else {
         Status::cancelled(format!("watch canceled: {}", resp.cancel_reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn client(endpoint_count: usize, policy: RetryPolicy) -> Client {
+        let endpoints: Vec<String> = (1..=endpoint_count)
+            .map(|i| format!("127.0.0.1:{i}"))
+            .collect();
+        Client::new(&endpoints, policy).expect("client")
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(5))
+    }
+
+    /// Runs one call where endpoint `i` answers `answer(i)`; returns the result and the
+    /// endpoints tried, in order.
+    async fn call_with(
+        client: &Client,
+        answer: impl Fn(usize) -> Result<usize, Status>,
+    ) -> (Result<usize, RpcError>, Vec<usize>) {
+        let tried = Mutex::new(Vec::new());
+        let result = client
+            .call_indexed(|index, _| {
+                tried.lock().unwrap().push(index);
+                let result = answer(index);
+                async move { result }
+            })
+            .await;
+        (result, tried.into_inner().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_endpoint_is_skipped_and_the_answering_one_is_remembered() {
+        let client = client(3, policy());
+        let answer = |i| match i {
+            0 => Err(Status::unavailable("connection refused")),
+            i => Ok(i),
+        };
+        let (result, tried) = call_with(&client, answer).await;
+        assert_eq!(result, Ok(1));
+        assert_eq!(tried, [0, 1]);
+        // The next call starts where the last one succeeded.
+        let (result, tried) = call_with(&client, answer).await;
+        assert_eq!(result, Ok(1));
+        assert_eq!(tried, [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_are_returned_without_trying_other_endpoints() {
+        let client = client(3, policy());
+        let (result, tried) =
+            call_with(&client, |_| Err(Status::invalid_argument("bad key"))).await;
+        let error = result.unwrap_err();
+        assert_eq!(error.code, Code::InvalidArgument);
+        assert_eq!(error.to_string(), "InvalidArgument: bad key");
+        assert_eq!(tried, [0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_endpoint_times_out_and_the_next_one_is_tried() {
+        let client = client(2, policy());
+        let started = Instant::now();
+        let result = client
+            .call_indexed(|index, _| async move {
+                if index == 0 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Ok(index)
+            })
+            .await;
+        assert_eq!(result, Ok(1));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_unavailable_backs_off_and_gives_up_at_the_total_deadline() {
+        let client = client(2, policy());
+        let started = Instant::now();
+        let (result, tried) =
+            call_with(&client, |_| Err(Status::unavailable("connection refused"))).await;
+        let error = result.unwrap_err();
+        assert_eq!(error.code, Code::Unavailable);
+        assert!(error
+            .message
+            .contains("127.0.0.1:1: Unavailable: connection refused"));
+        assert!(error
+            .message
+            .contains("127.0.0.1:2: Unavailable: connection refused"));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        // Passes of 2 attempts separated by 50, 100, 200, 400, 800 ms, then 1 s sleeps:
+        // 50+100+200+400+800+1000+1000+1000 = 4550 ms, then 450 ms of the ninth sleep.
+        assert_eq!(tried.len(), 18);
+        assert!(tried.chunks(2).all(|pass| pass == [0, 1]));
     }
 }
