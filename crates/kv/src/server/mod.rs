@@ -159,6 +159,8 @@ pub struct KvServer {
     stats: Mutex<BTreeMap<(&'static str, i32), u64>>,
     forward_clients: Mutex<BTreeMap<NodeId, ForwardClient<Channel>>>,
     stopped: AtomicBool,
+    /// Flips to true on shutdown: long-lived streams (watches) end so clients move on.
+    pub(crate) shutdown_signal: tokio_watch::Sender<bool>,
     /// When this node last became the KV group's leader (lease expiry grace).
     leader_since: Mutex<Option<Instant>>,
 }
@@ -199,6 +201,7 @@ impl KvServer {
             stats: Mutex::new(BTreeMap::new()),
             forward_clients: Mutex::new(BTreeMap::new()),
             stopped: AtomicBool::new(false),
+            shutdown_signal: tokio_watch::channel(false).0,
             leader_since: Mutex::new(None),
         });
         tokio::spawn(track_leadership(Arc::downgrade(&server), events));
@@ -248,8 +251,10 @@ impl KvServer {
     }
 
     /// Stops the background loops (the node host is the caller's to shut down).
+    /// Open watch streams end (clients reconnect elsewhere).
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::Release);
+        self.shutdown_signal.send_replace(true);
     }
 
     pub(crate) fn record(&self, method: &'static str, code: Code) {

@@ -60,8 +60,13 @@ async fn run_stream(
 ) {
     let mut watchers: BTreeMap<i64, Watcher> = BTreeMap::new();
     let mut next_id: i64 = 0;
-    while let Some(msg) = inbound.next().await {
-        let Ok(msg) = msg else { break };
+    let mut shutdown = server.shutdown_signal.subscribe();
+    loop {
+        let msg = tokio::select! {
+            msg = inbound.next() => msg,
+            _ = stopped(&mut shutdown) => None,
+        };
+        let Some(Ok(msg)) = msg else { break };
         // Forget watchers whose task ended (compacted, client gone).
         watchers.retain(|_, w| !w.cancel.is_closed());
         let reply = match msg.request_union {
@@ -212,6 +217,7 @@ async fn run_watcher(
     mut cancelled: oneshot::Receiver<()>,
 ) {
     let mut revisions = server.replica.revision.subscribe();
+    let mut shutdown = server.shutdown_signal.subscribe();
     let mut next = start;
     let mut last_sent = Instant::now();
     loop {
@@ -300,6 +306,7 @@ async fn run_watcher(
                 last_sent = Instant::now();
             }
             _ = &mut cancelled => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
 }
@@ -319,4 +326,9 @@ async fn send_events(
     }))
     .await
     .is_ok()
+}
+
+/// Resolves once the server shuts down.
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&s| s).await.map(|_| ());
 }
