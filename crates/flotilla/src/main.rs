@@ -3,7 +3,11 @@
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "Raft-based KV/config store speaking the etcd v3 API")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Raft-based KV/config store speaking the etcd v3 API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
