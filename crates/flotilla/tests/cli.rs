@@ -817,6 +817,14 @@ fn cluster_members_status_and_learner_membership_changes() {
         "{stderr}"
     );
 
+    // MoveLeader reaches the leader (found via Status) and the server judges the target.
+    let stderr = cli.err(&["cluster", "transfer-leader", &learner_id]);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        !stderr.contains("no endpoint"),
+        "the leader was not found: {stderr}"
+    );
+
     assert!(cli
         .ok(&["cluster", "remove", &learner_id])
         .starts_with(&format!("Member {learner_id} removed from cluster ")));
