@@ -40,3 +40,5 @@ pub use network::{pump_inbound, InboundSink, LocalNetwork, PeerNetwork, SendErro
 pub use state_machine::{AppliedEntry, StateMachine};
 pub use storage::{GroupLog, GroupWriteBatch, LogBackend, MemBackend, WalBackend};
 pub use transport::{Transport, TransportConfig};
+// Raft types that appear in this crate's API (status, membership, events).
+pub use flotilla_raft::{ConfChangeOp, ConfState, NodeId, Role, Status};

@@ -7,8 +7,9 @@
 //!
 //! It must not read clocks, use randomness, spawn threads or iterate in a hash order (apply
 //! runs on every replica and must give the same answer everywhere: time arrives in commands,
-//! set by the leader), and must not reach into `raft` (only through `engine`). The etcd v3
-//! gRPC services are not here yet.
+//! set by the leader), and must not reach into `raft` (only through `engine`). Only
+//! [`server`] — the etcd v3 gRPC services, which do I/O by nature — opts out of the
+//! determinism bans; nothing the state machine runs depends on it.
 //!
 //! # Layout
 //! - [`mvcc`]: [`MvccStore`] — key histories, revisions, range/put/delete/txn, compaction,
@@ -19,6 +20,11 @@
 //! - [`state_machine`]: [`KvStateMachine`], the engine's `StateMachine`, with a versioned,
 //!   CRC32C-checked snapshot format.
 //! - [`error`]: [`KvError`], the crate's one error type.
+//! - [`proto`]: etcd's v3 API protobuf types and tonic services, generated at build time
+//!   (vendored protoc) from `proto/` (etcd's package names and field numbers).
+//! - [`server`]: [`server::KvServer`] — KV, Watch, Lease, Cluster, Maintenance and Lock
+//!   services over the engine, write forwarding to the leader, the leader's lease-expiry and
+//!   auto-compaction loop.
 #![warn(missing_docs)]
 
 pub mod command;
@@ -26,6 +32,7 @@ pub mod error;
 pub mod lease;
 pub mod mvcc;
 pub mod proto;
+pub mod server;
 pub mod state_machine;
 
 pub use command::{Command, Response, ResponseBody};
