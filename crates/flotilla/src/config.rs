@@ -159,6 +159,8 @@ pub struct KvConfig {
     pub compaction_retention_revisions: i64,
     /// How often idle watch streams get a progress notification.
     pub watch_progress_interval_ms: u64,
+    /// Most watchers on one watch stream.
+    pub max_watchers_per_stream: u64,
 }
 
 /// Log output format.
@@ -264,6 +266,7 @@ impl Default for KvConfig {
             lease_check_interval_ms: 500,
             compaction_retention_revisions: 100_000,
             watch_progress_interval_ms: 600_000,
+            max_watchers_per_stream: 1024,
         }
     }
 }
@@ -678,6 +681,7 @@ impl Config {
                 "kv.watch_progress_interval_ms",
                 k.watch_progress_interval_ms,
             ),
+            ("kv.max_watchers_per_stream", k.max_watchers_per_stream),
         ] {
             if v == 0 {
                 p.push(format!("{field} = 0: must be at least 1"));

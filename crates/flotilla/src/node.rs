@@ -95,6 +95,15 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|&stop| stop).await;
 }
 
+/// `host:port` → `http://host:port` (clients and the KV's forwarding dial URLs).
+fn with_scheme(url: &str) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
 /// Resolves `host:port` or `http://host:port` to one socket address.
 async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host(strip_scheme(url))
@@ -173,8 +182,8 @@ impl Node {
                 .map(|m| MemberInfo {
                     id: m.id,
                     name: m.name(),
-                    peer_urls: vec![m.peer_url.clone()],
-                    client_urls: vec![m.client_url.clone()],
+                    peer_urls: vec![with_scheme(&m.peer_url)],
+                    client_urls: vec![with_scheme(&m.client_url)],
                 })
                 .collect(),
             limits: flotilla_kv::Limits {
@@ -188,6 +197,8 @@ impl Node {
             lease_check_interval: Duration::from_millis(config.kv.lease_check_interval_ms),
             compaction_retention_revisions: config.kv.compaction_retention_revisions,
             watch_progress_interval: Duration::from_millis(config.kv.watch_progress_interval_ms),
+            max_request_bytes: l.max_request_bytes as usize,
+            max_watchers_per_stream: config.kv.max_watchers_per_stream as usize,
         };
         let kv = KvServer::start(host.clone(), kv_cfg)
             .await
