@@ -501,12 +501,10 @@ fn figment_error(err: figment::Error) -> ConfigError {
     let problems = err
         .into_iter()
         .map(|e| {
-            let mut path = e.path.clone();
+            let path = e.path.join(".");
             let why = match &e.kind {
-                figment::error::Kind::UnknownField(field, _) => {
-                    path.push(field.clone());
-                    "unknown field".to_string()
-                }
+                // The path already ends with the unknown field's name.
+                figment::error::Kind::UnknownField(..) => "unknown field".to_string(),
                 figment::error::Kind::UnknownVariant(v, expected) => {
                     format!(
                         "unknown value {v:?}, expected one of {}",
@@ -515,22 +513,22 @@ fn figment_error(err: figment::Error) -> ConfigError {
                 }
                 kind => kind.to_string(),
             };
-            let field = if path.is_empty() {
-                "(top level)".to_string()
-            } else {
-                path.join(".")
-            };
-            let from = match &e.metadata {
-                Some(md) if md.name.starts_with("environment") => {
-                    format!(" (from {})", md.interpolate(&Profile::Default, &path))
-                }
-                Some(md) => match &md.source {
-                    Some(figment::Source::File(p)) => format!(" (in {})", p.display()),
-                    _ => String::new(),
-                },
-                None => String::new(),
-            };
-            format!("{field}: {why}{from}")
+            let file = e.metadata.as_ref().and_then(|md| match &md.source {
+                Some(figment::Source::File(p)) => Some(p.display().to_string()),
+                _ => None,
+            });
+            let env = e
+                .metadata
+                .as_ref()
+                .filter(|md| md.name.starts_with("environment"))
+                .map(|md| md.interpolate(&Profile::Default, &e.path));
+            match (path.is_empty(), file, env) {
+                // A file that is not YAML at all: name the file.
+                (true, Some(file), _) => format!("{file}: {why}"),
+                (_, _, Some(var)) => format!("{path}: {why} (from {var})"),
+                (_, Some(file), None) => format!("{path}: {why} (in {file})"),
+                (_, None, None) => format!("{path}: {why}"),
+            }
         })
         .collect();
     ConfigError { problems }
@@ -723,6 +721,12 @@ impl Config {
                 ("peer_url", strip_scheme(&m.peer_url).to_string()),
                 ("client_url", strip_scheme(&m.client_url).to_string()),
             ] {
+                if field == "name" && m.name.is_none() {
+                    // A default name repeats only when the id does, reported above; still
+                    // record it so an explicit name equal to it is caught.
+                    seen.entry((field, v)).or_insert(i);
+                    continue;
+                }
                 if let Some(first) = seen.get(&(field, v.clone())) {
                     let shown = match field {
                         "id" => v.clone(),
