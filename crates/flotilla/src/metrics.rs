@@ -27,6 +27,9 @@
 //! | `flotilla_snapshots_refused_total` | counter | |
 //! | `flotilla_grpc_requests_total` | counter | `method`, `code` |
 //! | `flotilla_kv_revision` | gauge | |
+//! | `flotilla_raft_proposals_total` | counter | |
+//! | `flotilla_raft_proposal_calls_total` | counter | `result` (ok, error) |
+//! | `flotilla_raft_proposal_duration_seconds` | histogram | |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -246,6 +249,21 @@ const STATS_FAMILIES: &[(&str, &str, MetricType)] = &[
         "Current revision of the KV store on this replica.",
         MetricType::GAUGE,
     ),
+    (
+        "flotilla_raft_proposals_total",
+        "Entries proposed through this node (all groups).",
+        MetricType::COUNTER,
+    ),
+    (
+        "flotilla_raft_proposal_calls_total",
+        "Proposal calls on this node, by result.",
+        MetricType::COUNTER,
+    ),
+    (
+        "flotilla_raft_proposal_duration_seconds",
+        "Latency of proposal calls, from admission to applied result.",
+        MetricType::HISTOGRAM,
+    ),
 ];
 
 impl StatsCollector {
@@ -291,12 +309,15 @@ fn gauge(pairs: &[(&str, &str)], v: f64) -> Metric {
     m
 }
 
-fn fsync_histogram(stats: &flotilla_wal::WalStats) -> Metric {
+/// A histogram from per-bucket (not cumulative) counts over `bounds_us`, the last count for
+/// values above every bound.
+fn histogram(bounds_us: &[u64], counts: &[u64], sum_us: u64) -> Metric {
+    debug_assert_eq!(counts.len(), bounds_us.len() + 1);
     let mut cumulative = 0;
-    let buckets = flotilla_wal::SYNC_LATENCY_BUCKETS_US
+    let buckets = bounds_us
         .iter()
-        .zip(stats.sync_latency_buckets)
-        .map(|(&bound_us, n)| {
+        .zip(counts)
+        .map(|(&bound_us, &n)| {
             cumulative += n;
             let mut b = Bucket::default();
             b.set_upper_bound(bound_us as f64 / 1e6);
@@ -306,8 +327,8 @@ fn fsync_histogram(stats: &flotilla_wal::WalStats) -> Metric {
         .collect();
     let mut h = Histogram::default();
     h.set_bucket(buckets);
-    h.set_sample_count(stats.sync_latency_buckets.iter().sum());
-    h.set_sample_sum(stats.sync_latency_us_sum as f64 / 1e6);
+    h.set_sample_count(counts.iter().sum());
+    h.set_sample_sum(sum_us as f64 / 1e6);
     let mut m = Metric::default();
     m.set_histogram(h);
     m
@@ -327,7 +348,11 @@ impl Collector for StatsCollector {
         metrics[0].push(counter(&[], s.host.dropped_inbound()));
         metrics[1].push(counter(&[], wal.bytes_written));
         metrics[2].push(counter(&[], wal.syncs));
-        metrics[3].push(fsync_histogram(&wal));
+        metrics[3].push(histogram(
+            &flotilla_wal::SYNC_LATENCY_BUCKETS_US,
+            &wal.sync_latency_buckets,
+            wal.sync_latency_us_sum,
+        ));
         for (peer, p) in &net.peers {
             let peer = peer.to_string();
             let l = [("peer", peer.as_str())];
@@ -357,6 +382,15 @@ impl Collector for StatsCollector {
             metrics[13].push(counter(&[("method", r.method), ("code", r.code)], r.count));
         }
         metrics[14].push(gauge(&[], s.kv.current_revision() as f64));
+        let p = s.host.proposal_stats();
+        metrics[15].push(counter(&[], p.entries));
+        metrics[16].push(counter(&[("result", "ok")], p.succeeded));
+        metrics[16].push(counter(&[("result", "error")], p.failed));
+        metrics[17].push(histogram(
+            &flotilla_engine::PROPOSAL_LATENCY_BUCKETS_US,
+            &p.latency_buckets,
+            p.latency_us_sum,
+        ));
         STATS_FAMILIES
             .iter()
             .zip(metrics)

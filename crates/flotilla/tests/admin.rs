@@ -135,6 +135,9 @@ async fn admin_endpoints_report_health_readiness_status_and_metrics() {
         "flotilla_snapshots_refused_total",
         "flotilla_grpc_requests_total",
         "flotilla_kv_revision",
+        "flotilla_raft_proposals_total",
+        "flotilla_raft_proposal_calls_total",
+        "flotilla_raft_proposal_duration_seconds",
     ] {
         assert!(
             scrape.docs.contains_key(family),
