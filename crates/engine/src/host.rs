@@ -211,6 +211,65 @@ pub struct SnapshotStreamStats {
     pub snapshots_refused: u64,
 }
 
+/// Upper bounds (inclusive, microseconds) of the proposal latency buckets in
+/// [`ProposalStats`].
+pub const PROPOSAL_LATENCY_BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// Counters of [`NodeHost::propose`] / [`NodeHost::propose_batch`] calls on one node (see
+/// [`NodeHost::proposal_stats`]). A call is measured from admission to its last result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProposalStats {
+    /// Entries proposed (a batch counts each entry).
+    pub entries: u64,
+    /// Calls whose every entry was committed and applied.
+    pub succeeded: u64,
+    /// Calls that failed (not leader, shutting down, too large, …).
+    pub failed: u64,
+    /// Calls by latency: element `i` counts calls that took at most
+    /// `PROPOSAL_LATENCY_BUCKETS_US[i]` µs (and more than the previous bound); the last
+    /// element counts slower ones. Not cumulative. Calls dropped before finishing (a caller's
+    /// timeout) are not counted here.
+    pub latency_buckets: [u64; PROPOSAL_LATENCY_BUCKETS_US.len() + 1],
+    /// Total latency of the measured calls, in microseconds.
+    pub latency_us_sum: u64,
+}
+
+#[derive(Default)]
+struct ProposalCounters {
+    entries: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    latency_buckets: [AtomicU64; PROPOSAL_LATENCY_BUCKETS_US.len() + 1],
+    latency_us_sum: AtomicU64,
+}
+
+impl ProposalCounters {
+    fn record(&self, ok: bool, started: Instant) {
+        let us = started.elapsed().as_micros() as u64;
+        bump(if ok { &self.succeeded } else { &self.failed }, 1);
+        let bucket = PROPOSAL_LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(PROPOSAL_LATENCY_BUCKETS_US.len());
+        bump(&self.latency_buckets[bucket], 1);
+        bump(&self.latency_us_sum, us);
+    }
+
+    fn get(&self) -> ProposalStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProposalStats {
+            entries: g(&self.entries),
+            succeeded: g(&self.succeeded),
+            failed: g(&self.failed),
+            latency_buckets: std::array::from_fn(|i| g(&self.latency_buckets[i])),
+            latency_us_sum: g(&self.latency_us_sum),
+        }
+    }
+}
+
 #[derive(Default)]
 struct StreamCounters {
     streams_started: AtomicU64,
@@ -312,6 +371,7 @@ pub(crate) struct NodeHostInner {
     cmd_tx: Sender<Cmd>,
     inbound_tx: Sender<(NodeId, InMsg)>,
     stream_stats: Arc<StreamCounters>,
+    proposal_stats: ProposalCounters,
     info: RwLock<BTreeMap<GroupId, GroupInfo>>,
     events: broadcast::Sender<Event>,
     permits: Semaphore,
@@ -370,6 +430,7 @@ impl NodeHost {
             cmd_tx: cmd_tx.clone(),
             inbound_tx,
             stream_stats: Arc::new(StreamCounters::default()),
+            proposal_stats: ProposalCounters::default(),
             info: RwLock::new(BTreeMap::new()),
             events,
             permits: Semaphore::new(cfg.max_pending_requests),
@@ -455,6 +516,11 @@ impl NodeHost {
         self.inner.stream_stats.get()
     }
 
+    /// Proposal counters and latencies of this node.
+    pub fn proposal_stats(&self) -> ProposalStats {
+        self.inner.proposal_stats.get()
+    }
+
     /// Inbound batches dropped because the queue was full.
     pub fn dropped_inbound(&self) -> u64 {
         self.inner.dropped_inbound.load(Ordering::Relaxed)
@@ -521,6 +587,15 @@ impl NodeHost {
 
     /// Proposes several entries at once (one append); results in order.
     pub async fn propose_batch(&self, group: GroupId, datas: Vec<Bytes>) -> Result<Vec<Bytes>> {
+        let started = Instant::now();
+        let stats = &self.inner.proposal_stats;
+        bump(&stats.entries, datas.len() as u64);
+        let result = self.propose_batch_inner(group, datas).await;
+        stats.record(result.is_ok(), started);
+        result
+    }
+
+    async fn propose_batch_inner(&self, group: GroupId, datas: Vec<Bytes>) -> Result<Vec<Bytes>> {
         let _permit = self.admit().await?;
         let (replies, rxs): (Vec<_>, Vec<_>) = datas.iter().map(|_| oneshot::channel()).unzip();
         let cmd = Cmd::Propose {

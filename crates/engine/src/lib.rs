@@ -35,7 +35,10 @@ pub mod transport;
 
 pub use codec::{Envelope, GroupId, SnapshotAck, SnapshotChunk, StreamMsg};
 pub use error::{EngineError, Result};
-pub use host::{Event, NodeHost, NodeHostConfig, SnapshotStreamStats};
+pub use host::{
+    Event, NodeHost, NodeHostConfig, ProposalStats, SnapshotStreamStats,
+    PROPOSAL_LATENCY_BUCKETS_US,
+};
 pub use network::{pump_inbound, InboundSink, LocalNetwork, PeerNetwork, SendError};
 pub use state_machine::{AppliedEntry, StateMachine};
 pub use storage::{GroupLog, GroupWriteBatch, LogBackend, MemBackend, WalBackend};

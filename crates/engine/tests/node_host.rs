@@ -166,6 +166,18 @@ async fn three_nodes_replicate_64_groups_in_order() {
         let log = c.logs[&(1, g)].lock().unwrap().clone();
         assert_eq!(log, acked[&g], "group {g}: applied in proposal order");
     }
+    // Every acknowledged proposal was counted, with its latency, on the node it went to.
+    let stats: Vec<ProposalStats> = c.hosts.values().map(|h| h.proposal_stats()).collect();
+    let succeeded: u64 = stats.iter().map(|s| s.succeeded).sum();
+    assert_eq!(succeeded, 3 * 64);
+    for s in &stats {
+        assert_eq!(
+            s.latency_buckets.iter().sum::<u64>(),
+            s.succeeded + s.failed,
+            "every finished call lands in one latency bucket"
+        );
+        assert!(s.entries >= s.succeeded);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,10 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Runs one node (config: defaults < YAML file < FLOTILLA_… env < flags).
+    Server(flotilla::server::ServerArgs),
+    /// Runs a local N-node cluster in this process on 127.0.0.1.
+    Dev(flotilla::dev::DevArgs),
     #[command(flatten)]
     Client(flotilla::cli::ClientCommand),
 }
@@ -23,6 +27,8 @@ enum Command {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Server(args) => std::process::exit(flotilla::server::run_server(args).await),
+        Command::Dev(args) => flotilla::dev::run_dev(args).await,
         Command::Client(cmd) => flotilla::cli::run(cmd).await,
     };
     if let Err(e) = result {

@@ -46,4 +46,4 @@ pub use error::{Error, GroupId, Result};
 pub use group::WalGroup;
 pub use recovery::{RecoveryReport, TornTail};
 pub use vfs::{MemVfs, RealVfs, VFile, Vfs};
-pub use wal::{GroupWrite, Wal, WalConfig, WalStats};
+pub use wal::{GroupWrite, Wal, WalConfig, WalStats, SYNC_LATENCY_BUCKETS_US};

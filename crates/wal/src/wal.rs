@@ -106,11 +106,31 @@ pub(crate) struct Stats {
     pub(crate) rewritten_groups: AtomicU64,
     pub(crate) rewritten_bytes: AtomicU64,
     pub(crate) segments_deleted: AtomicU64,
+    /// `fdatasync` latencies: count per bucket of [`SYNC_LATENCY_BUCKETS_US`], the last one
+    /// for everything slower than the largest bound.
+    pub(crate) sync_latency_buckets: [AtomicU64; SYNC_LATENCY_BUCKETS_US.len() + 1],
+    pub(crate) sync_latency_us_sum: AtomicU64,
 }
+
+/// Upper bounds (inclusive, microseconds) of the `fdatasync` latency buckets in [`WalStats`].
+pub const SYNC_LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
 
 impl Stats {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records one `fdatasync` that took `us` microseconds.
+    pub(crate) fn record_sync(&self, us: u64) {
+        let bucket = SYNC_LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(SYNC_LATENCY_BUCKETS_US.len());
+        Stats::add(&self.sync_latency_buckets[bucket], 1);
+        Stats::add(&self.sync_latency_us_sum, us);
     }
 }
 
@@ -129,6 +149,12 @@ pub struct WalStats {
     pub rewritten_bytes: u64,
     /// Segments deleted.
     pub segments_deleted: u64,
+    /// `fdatasync` calls by latency: element `i` counts syncs that took at most
+    /// `SYNC_LATENCY_BUCKETS_US[i]` µs (and more than the previous bound); the last element
+    /// counts the slower ones. Not cumulative.
+    pub sync_latency_buckets: [u64; SYNC_LATENCY_BUCKETS_US.len() + 1],
+    /// Total time spent in those `fdatasync` calls, in microseconds.
+    pub sync_latency_us_sum: u64,
 }
 
 #[derive(Debug)]
@@ -266,6 +292,8 @@ impl Wal {
             rewritten_groups: get(&s.rewritten_groups),
             rewritten_bytes: get(&s.rewritten_bytes),
             segments_deleted: get(&s.segments_deleted),
+            sync_latency_buckets: std::array::from_fn(|i| get(&s.sync_latency_buckets[i])),
+            sync_latency_us_sum: get(&s.sync_latency_us_sum),
         }
     }
 
@@ -789,4 +817,27 @@ pub(crate) fn create_segment(vfs: &dyn Vfs, dir: &Path, seq: u64) -> Result<Arc<
     vfs.sync_dir(dir)
         .map_err(|e| Error::io("sync dir", dir, e))?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_latency_lands_in_the_first_bucket_whose_bound_covers_it() {
+        let stats = Stats::default();
+        stats.record_sync(0);
+        stats.record_sync(50);
+        stats.record_sync(51);
+        stats.record_sync(2_000_000);
+        let count = |i: usize| stats.sync_latency_buckets[i].load(Ordering::Relaxed);
+        assert_eq!(count(0), 2, "0 and 50 µs: bound 50 is inclusive");
+        assert_eq!(count(1), 1, "51 µs: next bucket");
+        assert_eq!(
+            count(SYNC_LATENCY_BUCKETS_US.len()),
+            1,
+            "slower than every bound"
+        );
+        assert_eq!(stats.sync_latency_us_sum.load(Ordering::Relaxed), 2_000_101);
+    }
 }

@@ -137,9 +137,13 @@ impl Writer {
         self.active
             .write_all_at(&self.buf, self.active_len)
             .map_err(|e| Error::io("write", &path, e))?;
+        let sync_started = Instant::now();
         self.active
             .sync_data()
             .map_err(|e| Error::io("sync", &path, e))?;
+        self.shared
+            .stats
+            .record_sync(sync_started.elapsed().as_micros() as u64);
         let mut st = lock(&self.shared.index);
         let mut base = self.active_len;
         for r in batch {
@@ -227,9 +231,13 @@ impl Writer {
         self.active
             .write_all_at(&buf, self.active_len)
             .map_err(|e| Error::io("write", &path, e))?;
+        let sync_started = Instant::now();
         self.active
             .sync_data()
             .map_err(|e| Error::io("sync", &path, e))?;
+        self.shared
+            .stats
+            .record_sync(sync_started.elapsed().as_micros() as u64);
         let mut st = lock(&self.shared.index);
         for (rec, off, len) in &framed {
             let loc = Loc {

@@ -192,6 +192,11 @@ fn many_submitters_share_one_fdatasync() {
     );
     let stats = wal.stats();
     assert_eq!((stats.syncs, stats.requests), (1, 8));
+    assert_eq!(
+        stats.sync_latency_buckets.iter().sum::<u64>(),
+        stats.syncs,
+        "every fdatasync lands in exactly one latency bucket"
+    );
     for g in 0..8 {
         assert_eq!(wal.last_index(g), 1);
     }
