@@ -95,6 +95,26 @@ async fn txn_prefix_range_sort_and_compaction_behave_like_etcd() {
     assert!(r.more);
     assert_eq!(r.count, 3);
 
+    // Revision filters apply before sort+limit (etcd's lock recipe relies on it: "the newest
+    // key under the prefix created before mine"). Regression: they were applied after.
+    let r = kv
+        .range(pb::RangeRequest {
+            key: "app/".into(),
+            range_end: "app0".into(),
+            sort_target: pb::range_request::SortTarget::Create as i32,
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            limit: 1,
+            max_create_revision: 3, // app/b (2) and app/a (3); app/c (4) is filtered out
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b"app/a".to_vec()]);
+    assert!(r.more);
+    assert_eq!(r.count, 3, "count is the whole range, as in etcd");
+
     // Compare-and-swap: succeeds once, fails the second time.
     let cas = |expect: &str, new: &str| pb::TxnRequest {
         compare: vec![pb::Compare {

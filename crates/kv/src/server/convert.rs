@@ -64,35 +64,43 @@ pub(crate) fn range_from_pb(r: &pb::RangeRequest) -> Result<mvcc::RangeRequest, 
     })
 }
 
-/// True if the request filters on mod/create revision (applied after the range).
-fn has_revision_filters(r: &pb::RangeRequest) -> bool {
+/// True if the request filters on mod/create revision.
+pub(crate) fn has_revision_filters(r: &pb::RangeRequest) -> bool {
     r.min_mod_revision != 0
         || r.max_mod_revision != 0
         || r.min_create_revision != 0
         || r.max_create_revision != 0
 }
 
-/// Builds the range response, applying etcd's min/max mod/create revision filters.
+/// Builds the range response. With min/max mod/create revision filters, `resp` must be the
+/// whole sorted range (no limit): as in etcd, the filters apply before the limit (so "the
+/// newest key created before revision R" is one sorted, filtered, limit-1 range), and `count`
+/// stays the number of keys in the range.
 pub(crate) fn range_to_pb(
     req: &pb::RangeRequest,
-    resp: mvcc::RangeResponse,
+    mut resp: mvcc::RangeResponse,
     header: pb::ResponseHeader,
 ) -> pb::RangeResponse {
-    let keep = |kv: &mvcc::KeyValue| {
-        (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
-            && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
-            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
-            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
-    };
-    let filter = has_revision_filters(req);
+    if has_revision_filters(req) {
+        let keep = |kv: &mvcc::KeyValue| {
+            (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+        };
+        resp.kvs.retain(keep);
+        resp.more = false;
+        if req.limit > 0 && resp.kvs.len() > req.limit as usize {
+            resp.kvs.truncate(req.limit as usize);
+            resp.more = true;
+        }
+        if req.count_only {
+            resp.kvs.clear();
+        }
+    }
     pb::RangeResponse {
         header: Some(header),
-        kvs: resp
-            .kvs
-            .into_iter()
-            .filter(|kv| !filter || keep(kv))
-            .map(kv_to_pb)
-            .collect(),
+        kvs: resp.kvs.into_iter().map(kv_to_pb).collect(),
         more: resp.more,
         count: resp.count,
     }

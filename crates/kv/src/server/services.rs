@@ -91,7 +91,12 @@ impl Svc {
     }
 
     async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-        let r = convert::range_from_pb(&req)?;
+        let mut r = convert::range_from_pb(&req)?;
+        if convert::has_revision_filters(&req) {
+            // Filters apply before the limit: fetch the whole sorted range.
+            r.limit = 0;
+            r.count_only = false;
+        }
         if !req.serializable {
             self.0.read_barrier().await?;
         }
