@@ -297,8 +297,20 @@ async fn a_node_that_lost_its_disk_rejoins_by_snapshot() {
     c.assert_converged(7, &acked).await;
     let leader = c.leader(7).await;
     c.hosts[&leader].promote(7, victim).await.unwrap();
-    let status = c.hosts[&victim].status(7).await.unwrap();
-    assert!(status.conf_state.voters.contains(&victim));
+    // promote() returns once the leader applied the change; the victim applies it when the
+    // commit reaches it. Poll (was a bare check: flaky on a loaded machine).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = c.hosts[&victim].status(7).await.unwrap();
+        if status.conf_state.voters.contains(&victim) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "victim never saw its promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let snap_first = c.logs[&(victim, 7)].lock().unwrap().len();
     assert!(
         snap_first >= 181,

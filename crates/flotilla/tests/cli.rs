@@ -73,10 +73,6 @@ impl Etcd {
             _data: data,
         }
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
 }
 
 impl Drop for Etcd {
