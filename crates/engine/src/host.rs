@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use flotilla_raft::{
-    ConfChangeOp, ConfState, Config, EntryKind, Index, Message, MessageBody, NodeId, RawNode, Role,
-    Snapshot, SnapshotMeta, Status, Term, NO_NODE,
+    ConfChangeOp, ConfState, Config, EntryKind, HardState, Index, Message, MessageBody, NodeId,
+    RawNode, Role, Snapshot, SnapshotMeta, Status, Storage, Term, NO_NODE,
 };
 use tokio::sync::{broadcast, oneshot, Semaphore};
 
@@ -732,6 +732,11 @@ struct Group {
     /// Ticks since the last real activity (heartbeats do not count).
     idle_ticks: u32,
     quiesced: bool,
+    /// The hard state last handed to the log backend (durable once that persist returned).
+    durable_hs: HardState,
+    /// A newer hard state that differs from `durable_hs` only in `commit`: written with the
+    /// group's next persist, never waited for on its own (see `process_readies`).
+    lazy_hs: Option<HardState>,
 }
 
 struct Loop {
@@ -1047,6 +1052,9 @@ impl Loop {
         let snap = store
             .snapshot()
             .map_err(|e| EngineError::Storage(e.to_string()))?;
+        let (durable_hs, _) = store
+            .initial_state()
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
         let raw = RawNode::new(self.raft_config(group, snap.meta.index), store)
             .map_err(|e| EngineError::from_raft(group, e))?;
         let worker = (group % self.workers.len() as u64) as usize;
@@ -1066,6 +1074,8 @@ impl Loop {
             confs,
             idle_ticks: 0,
             quiesced: false,
+            durable_hs,
+            lazy_hs: None,
         };
         self.groups.insert(group, group_state);
         self.info.insert(group, GroupInfo::default());
@@ -1127,12 +1137,30 @@ impl Loop {
             if active || rd.soft_state.is_some() {
                 group.idle_ticks = 0;
             }
-            if !rd.entries.is_empty() || rd.hard_state.is_some() {
+            // A hard state whose term and vote are unchanged only moved `commit`, which Raft
+            // treats as volatile: nothing sent this round depends on it being durable, and a
+            // restart re-learns it (at least up to the snapshot; see `RaftLog::new`). So it
+            // does not cost an fsync of its own — like etcd, which syncs only for entries,
+            // term or vote. It rides along with the group's next write.
+            let mut hard_state = None;
+            if let Some(hs) = rd.hard_state {
+                if hs.term != group.durable_hs.term || hs.vote != group.durable_hs.vote {
+                    hard_state = Some(hs);
+                } else {
+                    group.lazy_hs = Some(hs);
+                }
+            }
+            if !rd.entries.is_empty() || hard_state.is_some() {
+                let hard_state = hard_state.or(group.lazy_hs);
+                group.lazy_hs = None;
+                if let Some(hs) = hard_state {
+                    group.durable_hs = hs;
+                }
                 let entries = std::mem::take(&mut rd.entries);
                 writes.push(GroupWriteBatch {
                     group: g,
                     entries,
-                    hard_state: rd.hard_state,
+                    hard_state,
                 });
             }
             readies.push((g, rd));

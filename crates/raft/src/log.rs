@@ -71,11 +71,16 @@ impl<S: Storage> RaftLog<S> {
     pub fn new(store: S, committed: Index, applied: Index) -> Result<Self, StorageError> {
         let first = store.first_index()?;
         let last = store.last_index()?;
+        let applied = applied.max(first - 1);
+        // Commit is volatile state (Raft §5.3, Figure 2): a host may persist a hard state
+        // whose commit lags (hosts skip the fsync for commit-only changes). Everything up to
+        // the snapshot / applied index was committed before it was applied, so restart from
+        // at least there.
+        let committed = committed.max(applied);
         assert!(
             committed <= last,
             "commit {committed} beyond stored log end {last}"
         );
-        let applied = applied.max(first - 1);
         assert!(
             applied <= committed,
             "applied {applied} beyond commit {committed}"

@@ -782,3 +782,31 @@ fn read_index_at_a_new_leader_waits_for_its_first_commit() {
         "index includes the no-op"
     );
 }
+
+/// Commit is volatile: a host may persist a hard state whose commit lags the applied index
+/// (the engine skips the fsync for commit-only changes). A restart from a snapshot at index
+/// 5 with a stored commit of 2 must start with commit 5, not assert.
+#[test]
+fn restart_with_a_stale_persisted_commit_starts_from_the_snapshot_index() {
+    let mut store = MemStorage::new_with_conf_state(ConfState::with_voters([1, 2, 3]));
+    store.apply_snapshot(Snapshot {
+        meta: SnapshotMeta {
+            index: 5,
+            term: 1,
+            conf_state: ConfState::with_voters([1, 2, 3]),
+        },
+        data: Bytes::from_static(b"state at 5"),
+    });
+    store.set_hard_state(HardState {
+        term: 1,
+        vote: 1,
+        commit: 2,
+    });
+    let cfg = Config {
+        applied: 5,
+        ..Config::new(1)
+    };
+    let node = RawNode::new(cfg, store).expect("restart");
+    assert_eq!(node.status().commit, 5);
+    assert_eq!(node.status().applied, 5);
+}
