@@ -1165,42 +1165,17 @@ impl Loop {
             }
             readies.push((g, rd));
         }
+        // A leader's appends and heartbeats leave before the fsync (Raft thesis §10.2.1:
+        // the leader's write overlaps the followers'); everything else waits for it.
+        let mut unreachable = Vec::new();
+        let (early, _) = self.outbox(&mut readies, true); // snapshots are never early
+        self.send_outbox(early, &mut unreachable);
         if !writes.is_empty() {
             self.backend.persist(writes)?;
         }
-        // Everything the messages depend on is durable now.
-        let mut outbox: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
-        let mut big_snapshots = Vec::new();
-        for (g, rd) in readies.iter_mut() {
-            for msg in std::mem::take(&mut rd.messages) {
-                if let MessageBody::Snapshot { snapshot } = &msg.body {
-                    if snapshot.data.len() > self.cfg.snapshot_chunk_bytes {
-                        big_snapshots.push((*g, msg));
-                        continue;
-                    }
-                    // A small snapshot travels whole and supersedes any stream to that node.
-                    self.out_streams.remove(&(*g, msg.to));
-                }
-                outbox
-                    .entry(msg.to)
-                    .or_default()
-                    .push(Envelope { group: *g, msg });
-            }
-        }
-        let mut unreachable = Vec::new();
-        for (to, envs) in outbox {
-            let groups: BTreeSet<GroupId> = envs.iter().map(|e| e.group).collect();
-            if let Err(e) = self.net.send(to, envs) {
-                // A message that can never fit a frame (a snapshot over the transport's limit)
-                // would be retried forever: say so loudly. Full queues are routine.
-                if matches!(e, crate::network::SendError::TooLarge { .. }) {
-                    tracing::error!(peer = to, error = %e, "message can never be sent");
-                } else {
-                    tracing::debug!(peer = to, error = %e, "send refused");
-                }
-                unreachable.extend(groups.into_iter().map(|g| (g, to)));
-            }
-        }
+        // Everything the remaining messages depend on is durable now.
+        let (late, big_snapshots) = self.outbox(&mut readies, false);
+        self.send_outbox(late, &mut unreachable);
         let mut info_changed = false;
         for (g, rd) in readies {
             info_changed |= self.after_ready(g, rd);
@@ -1220,6 +1195,60 @@ impl Loop {
             self.publish_info();
         }
         Ok(())
+    }
+
+    /// Takes the readies' messages that may (`early`) or may not be sent before the persist,
+    /// grouped by peer; snapshots too big for one message are set aside for streaming.
+    #[allow(clippy::type_complexity)]
+    fn outbox(
+        &mut self,
+        readies: &mut [(GroupId, flotilla_raft::Ready)],
+        early: bool,
+    ) -> (BTreeMap<NodeId, Vec<Envelope>>, Vec<(GroupId, Message)>) {
+        let mut outbox: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
+        let mut big_snapshots = Vec::new();
+        for (g, rd) in readies.iter_mut() {
+            let (take, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut rd.messages)
+                .into_iter()
+                .partition(|m| m.may_send_before_persist() == early);
+            rd.messages = keep;
+            for msg in take {
+                if let MessageBody::Snapshot { snapshot } = &msg.body {
+                    if snapshot.data.len() > self.cfg.snapshot_chunk_bytes {
+                        big_snapshots.push((*g, msg));
+                        continue;
+                    }
+                    // A small snapshot travels whole and supersedes any stream to that node.
+                    self.out_streams.remove(&(*g, msg.to));
+                }
+                outbox
+                    .entry(msg.to)
+                    .or_default()
+                    .push(Envelope { group: *g, msg });
+            }
+        }
+        (outbox, big_snapshots)
+    }
+
+    /// Sends one envelope batch per peer; refused sends are noted for `report_unreachable`.
+    fn send_outbox(
+        &mut self,
+        outbox: BTreeMap<NodeId, Vec<Envelope>>,
+        unreachable: &mut Vec<(GroupId, NodeId)>,
+    ) {
+        for (to, envs) in outbox {
+            let groups: BTreeSet<GroupId> = envs.iter().map(|e| e.group).collect();
+            if let Err(e) = self.net.send(to, envs) {
+                // A message that can never fit a frame (a snapshot over the transport's limit)
+                // would be retried forever: say so loudly. Full queues are routine.
+                if matches!(e, crate::network::SendError::TooLarge { .. }) {
+                    tracing::error!(peer = to, error = %e, "message can never be sent");
+                } else {
+                    tracing::debug!(peer = to, error = %e, "send refused");
+                }
+                unreachable.extend(groups.into_iter().map(|g| (g, to)));
+            }
+        }
     }
 
     /// Hands committed entries and reads to the apply worker, resolves waiters, advances.

@@ -218,6 +218,22 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+impl Message {
+    /// True if the host may send this message *before* persisting the `Ready` it came in:
+    /// a leader's `Append` and `Heartbeat` acknowledge nothing, so they need not wait for
+    /// the leader's own fsync (Raft thesis §10.2.1: the leader writes to its disk in parallel
+    /// with replicating). The leader counts its own entries only through `advance`, after
+    /// the host persisted them, and the core takes no input between `ready` and `advance`,
+    /// so no acknowledgement can be counted before the leader's copy is durable. Every
+    /// other message (votes, responses, snapshots, transfers) must still wait.
+    pub fn may_send_before_persist(&self) -> bool {
+        matches!(
+            self.body,
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+        )
+    }
+}
+
 /// Why a follower rejected an append, and where the leader should look next (the "fast
 /// backup" optimisation of Raft §5.3: skip a whole term per round trip instead of one entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -570,8 +570,17 @@ impl Sim {
             if !raw.has_ready() {
                 return;
             }
-            let rd = raw.ready();
+            let mut rd = raw.ready();
             self.observe_ready(id, &rd);
+            // What may leave before the disk write (a leader's appends and heartbeats) does,
+            // as in the engine; the rest waits for the write in `finish_ready`.
+            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut rd.messages)
+                .into_iter()
+                .partition(|m| m.may_send_before_persist());
+            rd.messages = late;
+            for m in early {
+                self.send(m);
+            }
             let needs_disk =
                 rd.hard_state.is_some() || !rd.entries.is_empty() || rd.snapshot.is_some();
             let node = self.nodes.get_mut(&id).expect("known node");
