@@ -238,7 +238,7 @@ impl Default for RaftConfig {
             tick_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 1,
-            snapshot_interval_entries: 10_000,
+            snapshot_interval_entries: 100_000,
             pre_vote: true,
             check_quorum: true,
             quiesce_after_ticks: 100,

@@ -69,7 +69,7 @@ fn example_file_loads_and_every_field_has_its_documented_default() {
     assert_eq!(c.raft.tick_ms, 100);
     assert_eq!(c.raft.election_ticks, 10);
     assert_eq!(c.raft.heartbeat_ticks, 1);
-    assert_eq!(c.raft.snapshot_interval_entries, 10_000);
+    assert_eq!(c.raft.snapshot_interval_entries, 100_000);
     assert!(c.raft.pre_vote);
     assert!(c.raft.check_quorum);
     assert_eq!(c.raft.quiesce_after_ticks, 100);
