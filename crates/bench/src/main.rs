@@ -228,6 +228,16 @@ struct Budget {
 }
 
 impl Budget {
+    /// The budget of a run starting now.
+    fn start(args: &KvArgs) -> Arc<Budget> {
+        Arc::new(Budget {
+            deadline: Instant::now() + args.duration,
+            max_ops: args.requests,
+            issued: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        })
+    }
+
     /// Claims the next operation; false once the budget is spent.
     fn next(&self) -> Option<u64> {
         if Instant::now() >= self.deadline {
@@ -319,12 +329,7 @@ async fn run_kv(args: KvArgs) -> anyhow::Result<Report> {
     if args.workload == Workload::Watch {
         return run_watch(args, channels).await;
     }
-    let budget = Arc::new(Budget {
-        deadline: Instant::now() + args.duration,
-        max_ops: args.requests,
-        issued: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-    });
+    let budget = Budget::start(&args);
     let bar = progress(&args, budget.clone());
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
@@ -469,12 +474,7 @@ async fn run_watch(args: KvArgs, channels: Vec<Channel>) -> anyhow::Result<Repor
             tally
         }));
     }
-    let budget = Arc::new(Budget {
-        deadline: Instant::now() + args.duration,
-        max_ops: args.requests,
-        issued: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-    });
+    let budget = Budget::start(&args);
     let bar = progress(&args, budget.clone());
     let started = Instant::now();
     let mut kv = KvClient::new(channels[0].clone());
