@@ -12,8 +12,13 @@ use crate::types::*;
 /// Work the host must do, in this order:
 ///
 /// 1. Persist `snapshot` (if any), then `entries` (appending, overwriting any stored suffix
-///    from `entries[0].index` on), then `hard_state` (if any) — durably (fsync).
+///    from `entries[0].index` on), then `hard_state` (if any) — durably (fsync). A hard
+///    state that differs from the last durable one only in `commit` may be written without
+///    waiting for durability: commit is volatile, and a restart begins at least at the
+///    applied index.
 /// 2. Only then send `messages`: they may acknowledge the persisted state (votes, appends).
+///    Exception: messages for which [`Message::may_send_before_persist`] holds (a leader's
+///    appends and heartbeats) may be sent before or during step 1.
 /// 3. Apply `snapshot` and then `committed_entries` to the state machine, in order (they may
 ///    include entries from step 1, which is why persisting comes first), and serve the
 ///    `read_states` once applied has reached their index.
