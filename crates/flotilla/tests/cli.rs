@@ -34,16 +34,38 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// A single-member etcd in a temp dir, killed on drop.
-struct Etcd {
+/// A server process (single-member etcd or single-node `flotilla server`) in a temp dir,
+/// killed on drop.
+struct Server {
     child: Child,
     client_endpoint: String,
     log_path: PathBuf,
     _data: tempfile::TempDir,
 }
 
-impl Etcd {
-    fn spawn() -> Etcd {
+/// Which server the tests run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Flotilla,
+    Etcd,
+}
+
+fn backend_from_env() -> Backend {
+    match std::env::var("FLOTILLA_CLI_TEST_BACKEND").as_deref() {
+        Ok("etcd") => Backend::Etcd,
+        _ => Backend::Flotilla,
+    }
+}
+
+impl Server {
+    fn spawn(backend: Backend) -> Server {
+        match backend {
+            Backend::Etcd => Server::etcd(),
+            Backend::Flotilla => Server::flotilla(),
+        }
+    }
+
+    fn etcd() -> Server {
         assert!(
             Path::new(ETCD_BIN).exists(),
             "{ETCD_BIN} is missing: the CLI tests need a real etcd 3.4; \
@@ -66,32 +88,15 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("start etcd");
-        Etcd {
+        Server {
             child,
             client_endpoint: client_url.trim_start_matches("http://").to_string(),
             log_path,
             _data: data,
         }
     }
-}
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A single-node `flotilla server` in a temp dir, killed on drop.
-struct Flotilla {
-    child: Child,
-    client_endpoint: String,
-    log_path: PathBuf,
-    _data: tempfile::TempDir,
-}
-
-impl Flotilla {
-    fn spawn() -> Flotilla {
+    fn flotilla() -> Server {
         let data = tempfile::tempdir().expect("temp dir");
         let client_endpoint = format!("127.0.0.1:{}", free_port());
         let log_path = data.path().join("flotilla.log");
@@ -109,71 +114,31 @@ impl Flotilla {
             .stderr(log)
             .spawn()
             .expect("start flotilla server");
-        Flotilla {
+        Server {
             child,
             client_endpoint,
             log_path,
             _data: data,
         }
     }
-}
-
-impl Drop for Flotilla {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Which server the tests run against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Flotilla,
-    Etcd,
-}
-
-fn backend_from_env() -> Backend {
-    match std::env::var("FLOTILLA_CLI_TEST_BACKEND").as_deref() {
-        Ok("etcd") => Backend::Etcd,
-        _ => Backend::Flotilla,
-    }
-}
-
-/// The server process under test (killed on drop).
-enum Server {
-    Etcd(Etcd),
-    Flotilla(Flotilla),
-}
-
-impl Server {
-    fn spawn(backend: Backend) -> Server {
-        match backend {
-            Backend::Etcd => Server::Etcd(Etcd::spawn()),
-            Backend::Flotilla => Server::Flotilla(Flotilla::spawn()),
-        }
-    }
 
     fn endpoint(&self) -> String {
-        match self {
-            Server::Etcd(e) => e.client_endpoint.clone(),
-            Server::Flotilla(f) => f.client_endpoint.clone(),
-        }
+        self.client_endpoint.clone()
     }
 
     fn exited(&mut self) -> bool {
-        let child = match self {
-            Server::Etcd(e) => &mut e.child,
-            Server::Flotilla(f) => &mut f.child,
-        };
-        matches!(child.try_wait(), Ok(Some(_)))
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     fn log(&self) -> String {
-        let path = match self {
-            Server::Etcd(e) => &e.log_path,
-            Server::Flotilla(f) => &f.log_path,
-        };
-        std::fs::read_to_string(path).unwrap_or_default()
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
